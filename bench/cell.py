@@ -1,0 +1,227 @@
+"""One cell (model × workload × strategy) measured in its own process: load, warm up, time, probe, score."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from bench import env
+from bench.measure import (
+    RequestTiming,
+    cuda_memory,
+    peak_rss_mb,
+    reset_cuda_peaks,
+    spread,
+    summarize_repeat,
+    synchronize,
+)
+from bench.models import load_model
+from bench.quality import agreement, mean_kl, perplexity
+from bench.results import TIMED
+from bench.workloads import get_workload
+from strategies.base import KVCache
+from strategies.registry import compose, params_label
+from strategies.sampling import Sampling
+
+REFERENCE = "naive"
+
+
+class Unsupported(Exception):
+    pass
+
+
+@dataclass
+class Cell:
+    model: str
+    workload: str
+    strategy: str
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    repeats: int = 3
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+    sampling: str = ""
+    out_dir: str = "."
+    quality: bool = True
+
+    @property
+    def key(self) -> str:
+        return "|".join((self.model, self.workload, self.strategy, params_label(self.params)))
+
+    @property
+    def is_reference(self) -> bool:
+        return self.strategy == REFERENCE
+
+    def reference_path(self) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{self.model}__{self.workload}")
+        return Path(self.out_dir) / ".reference" / f"{safe}__{self.dtype}__{self.sampling or 'greedy'}.pt"
+
+    def base_row(self) -> dict[str, Any]:
+        return {"model": self.model, "workload": self.workload, "strategy": self.strategy,
+                "params": params_label(self.params), "repeats": self.repeats, "seed": self.seed,
+                "sampling": self.sampling or "greedy", "dtype": self.dtype, "device": self.device,
+                "threads": self.threads or torch.get_num_threads(), "torch_version": torch.__version__,
+                "transformers_version": transformers.__version__, "git_rev": env.git_rev()}
+
+
+def clock(device: str) -> float:
+    synchronize(device)
+    return time.perf_counter()
+
+
+def timed_run(decoder, model, new_cache, prompts, max_new, sampling, device):
+    """One timed pass over all prompts. A request starts when the previous one's last token was emitted."""
+    stamps: dict[int, list[float]] = defaultdict(list)
+
+    def emit(i: int, tokens) -> None:
+        now = clock(device)
+        stamps[i].extend([now] * len(tokens))
+
+    start = clock(device)
+    tokens = decoder.generate(model, new_cache, prompts, max_new, sampling, emit)
+    end = clock(device)
+    timings, begin = [], start
+    for i in range(len(prompts)):
+        timings.append(RequestTiming(begin, tuple(stamps[i])))
+        begin = stamps[i][-1] if stamps[i] else begin
+    return tokens, summarize_repeat(timings, end - start), timings
+
+
+def kv_bytes_closed_form(config, tokens: int, dtype: torch.dtype) -> int:
+    """2 · layers · kv_heads · head_dim · tokens · bytes — what a full cache of ``tokens`` holds."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * layers * kv_heads * head_dim * tokens * torch.empty((), dtype=dtype).element_size()
+
+
+def probe_cache(comp, model, prompts, max_new, sampling) -> dict[str, Any]:
+    """Untimed pass over the longest prompt, reading the bytes the cache really holds after every emission."""
+    if comp.cache is None:
+        return {}  # peers drive transformers' own cache, which we do not see into
+    if not comp.cache.holds_kv:
+        return {"cache_bytes": 0, "cache_bytes_peak": 0, "cache_bytes_per_token": 0.0}
+    live: list[KVCache] = []
+    peak = 0
+
+    def new_cache(batch: int, max_len: int):
+        cache = comp.cache.new_cache(model, batch, max_len)
+        if cache is not None:
+            live.append(cache)
+        return cache
+
+    def emit(i: int, tokens) -> None:
+        nonlocal peak
+        peak = max(peak, sum(c.nbytes() for c in live if hasattr(c, "nbytes")))
+
+    longest = max(prompts, key=len)
+    comp.decoder.generate(model, new_cache, [longest], max_new, sampling, emit)
+    if not live:
+        return {"cache_bytes": 0, "cache_bytes_peak": 0, "cache_bytes_per_token": 0.0}
+    end = sum(c.nbytes() for c in live if hasattr(c, "nbytes"))
+    seq = len(longest) + max_new - 1  # the last emitted token is never fed back
+    theory = kv_bytes_closed_form(model.config, seq, model.dtype)
+    row = {"cache_bytes": end, "cache_bytes_peak": max(peak, end), "cache_bytes_per_token": end / seq,
+           "cache_bytes_theory": theory, "compression_ratio": theory / end if end else float("inf")}
+    if hasattr(live[-1], "stats"):
+        row.update(live[-1].stats())
+    return row
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Measure one cell; returns {'row': ..., 'spread': ..., 'samples': ...}. Raises on failure."""
+    transformers.utils.logging.disable_progress_bar()
+    if cell.threads:
+        torch.set_num_threads(cell.threads)
+    torch.manual_seed(cell.seed)
+    row = cell.base_row()
+    comp = compose(cell.strategy, cell.params)
+    workload = get_workload(cell.workload)
+    sampling = Sampling.parse(cell.sampling)
+    if cell.seed and not sampling.is_greedy:
+        sampling = Sampling(**{**asdict(sampling), "seed": cell.seed})
+
+    t0 = time.perf_counter()
+    loaded = load_model(cell.model, cell.dtype, cell.device, cell.seed)
+    row["load_s"] = time.perf_counter() - t0
+    model = loaded.model
+    rss_after_load = peak_rss_mb()
+    if comp.cache is not None and (reason := comp.cache.supports(model)):
+        raise Unsupported(f"{comp.cache.name} does not support {cell.model}: {reason}")
+    prompts = workload.prompts(loaded.tokenizer)
+    if cell.is_reference and workload.reference_prompts:
+        prompts = prompts[: workload.reference_prompts]
+    max_new = workload.max_new_tokens
+
+    def new_cache(batch: int, max_len: int):
+        return comp.cache.new_cache(model, batch, max_len) if comp.cache else None
+
+    reset_cuda_peaks(cell.device)
+    comp.decoder.generate(model, new_cache, prompts[:1], max_new, sampling, lambda i, t: None)  # warm-up
+    repeats, tokens, samples = [], [], {"ttft_ms": [], "itl_ms": []}
+    for _ in range(cell.repeats):
+        tokens, figures, timings = timed_run(comp.decoder, model, new_cache, prompts, max_new, sampling,
+                                             cell.device)
+        repeats.append(figures)
+        samples["ttft_ms"] += [1000 * t.ttft_s for t in timings]
+        samples["itl_ms"] += [1000 * g for t in timings for g in t.gaps_s]
+    bad = [i for i, t in enumerate(tokens) if len(t) != max_new]
+    if bad:
+        raise RuntimeError(f"request {bad[0]} produced {len(tokens[bad[0]])} tokens, not {max_new}")
+    spreads = {k: spread([r[k] for r in repeats]) for k in TIMED}
+    row.update({k: s["median"] for k, s in spreads.items()})
+    row["generated_tokens"] = sum(map(len, tokens))
+    row.update(cuda_memory(cell.device))
+    row.update(probe_cache(comp, model, prompts, max_new, sampling))
+
+    if cell.quality:
+        row.update(quality(cell, comp, loaded, workload, tokens))
+    row["peak_rss_mb"] = peak_rss_mb()
+    row["rss_over_model_mb"] = row["peak_rss_mb"] - rss_after_load
+    row["status"], row["error"] = "ok", ""
+    if comp.lossless and sampling.is_greedy and row.get("greedy_agreement", 1.0) < 1.0:
+        row["status"] = "failed"
+        row["error"] = (f"lossless strategy diverged from naive greedy tokens at position "
+                        f"{row['first_divergence']}")
+    samples["itl_ms"] = samples["itl_ms"][:2000]  # enough for distribution plots, bounded file size
+    return {"row": row, "spread": spreads, "samples": samples}
+
+
+def quality(cell: Cell, comp, loaded, workload, tokens: list[list[int]]) -> dict[str, Any]:
+    """Agreement with naive's greedy tokens, perplexity through this strategy's cache path, KL vs naive."""
+    model = loaded.model
+    context, continuation = workload.quality_text(loaded.tokenizer)
+
+    def new_cache(batch: int, max_len: int):
+        return comp.cache.new_cache(model, batch, max_len) if comp.cache else None
+
+    logprobs = comp.decoder.score(model, new_cache, context, continuation).float().cpu()
+    out: dict[str, Any] = {"ppl": perplexity(logprobs, continuation)}
+    path = cell.reference_path()
+    if cell.is_reference:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"tokens": tokens, "logprobs": logprobs, "ppl": out["ppl"]}, tmp)
+        os.replace(tmp, path)
+        return {**out, "ppl_delta_pct": 0.0, "greedy_agreement": 1.0, "first_divergence": -1, "kl_vs_naive": 0.0}
+    if not path.exists():
+        return out
+    ref = torch.load(path)
+    n = len(ref["tokens"])
+    out["greedy_agreement"], out["first_divergence"] = agreement(ref["tokens"], tokens[:n])
+    out["ppl_delta_pct"] = 100 * (out["ppl"] - ref["ppl"]) / ref["ppl"]
+    out["kl_vs_naive"] = max(0.0, mean_kl(ref["logprobs"], logprobs))
+    if math.isnan(out["greedy_agreement"]):
+        out.pop("greedy_agreement")
+    return out

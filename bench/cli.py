@@ -1,0 +1,204 @@
+"""The `kvbench` command line: run, list, report (compare and history come with regression tracking)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = """examples:
+  kvbench run                                    # default suite on the embedded SmolLM2-135M
+  kvbench run --workload smoke --strategies full,hf-generate --repeats 1
+  kvbench run --model random:smollm2-135m --workload chat-short --strategies full
+  kvbench run --strategies full --param full.x=1,2   # one row per value of a parameter
+  kvbench run --resume --out reports/my-run          # finish an interrupted run
+  kvbench list                                   # strategies, parameters, workloads, models
+  kvbench report reports/latest                  # re-render report.md from results.json
+"""
+DEFAULT_STRATEGIES = "naive,full,hf-generate"
+DEFAULT_WORKLOADS = "chat-short,long-context"
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kvbench", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="measure strategies on a model and workloads", epilog=EXAMPLES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--model", default="smollm2-135m",
+                     help="smollm2-135m (embedded), random:<shape>, a local HF directory or a hub id; comma list")
+    run.add_argument("--workload", default=DEFAULT_WORKLOADS, help=f"comma list (default {DEFAULT_WORKLOADS})")
+    run.add_argument("--strategies", default=DEFAULT_STRATEGIES,
+                     help="comma list; 'decoder+cache' composes (e.g. speculative+quant-int8)")
+    run.add_argument("--param", action="append", default=[], metavar="STRATEGY.KEY=V1[,V2]",
+                     help="set or sweep a strategy parameter (one row per value); repeatable")
+    run.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (median reported)")
+    run.add_argument("--naive-repeats", type=int, default=1, help="timed repeats for naive (it is O(n²))")
+    run.add_argument("--sampling", default="", metavar="temperature=0.7,top_p=0.9",
+                     help="sampling options (default greedy): temperature, top_k, top_p, min_p, repetition_penalty")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    run.add_argument("--threads", type=int, default=0, help="torch threads per cell (0: torch's default)")
+    run.add_argument("--out", type=Path, help="run directory (default reports/<run-id>, linked as reports/latest)")
+    run.add_argument("--resume", action="store_true", help="run only the cells of --out not yet ok")
+    run.add_argument("--cell-timeout", type=float, default=None, help="seconds before a cell is killed")
+    run.add_argument("--no-quality", action="store_true", help="skip perplexity/KL scoring")
+    run.add_argument("--no-reference", action="store_true", help="do not add naive when it is not listed")
+    sub.add_parser("list", help="strategies with their parameters, workloads and models")
+    report = sub.add_parser("report", help="re-render report.md from a run directory")
+    report.add_argument("run_dir", type=Path)
+    return parser.parse_args(argv)
+
+
+def cmd_list() -> int:
+    from bench.models import EMBEDDED, RANDOM_SHAPES
+    from bench.workloads import WORKLOADS
+    from strategies.registry import REGISTRY, declared
+
+    print("strategies (compose as decoder+cache; a bare cache runs under 'step', a bare decoder over 'full'):")
+    for name, cls in REGISTRY.items():
+        params = ", ".join(f"{k}={v}" for k, v in declared(name).items()) or "no parameters"
+        flag = "lossless" if cls.lossless else "lossy"
+        print(f"  {name:22s} {cls.kind:8s} {flag:8s} {cls.summary}  [{params}]")
+    print("workloads:")
+    for w in WORKLOADS.values():
+        print(f"  {w.name:22s} {w.description}")
+    print(f"models: {EMBEDDED} (embedded, default), random:<{'|'.join(RANDOM_SHAPES)}>, a local HF dir, a hub id")
+    return 0
+
+
+def build_cells(args: argparse.Namespace):
+    from bench.cell import Cell
+    from bench.models import ModelNotFound, context_length, load_config, load_tokenizer, resolve
+    from bench.runner import with_reference
+    from bench.workloads import get_workload
+    from strategies.registry import expand, parse_params
+    from strategies.sampling import Sampling
+
+    try:
+        sweeps = parse_params(args.param)
+        specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        if not specs:
+            raise UsageError("--strategies is empty; `kvbench list` shows the allowed names")
+        grid = [(spec, params) for spec in specs for params in expand(spec, sweeps)]
+        workloads = [get_workload(w.strip()) for w in args.workload.split(",") if w.strip()]
+        Sampling.parse(args.sampling)
+        from bench.models import DTYPES
+        if args.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {args.dtype!r}; allowed: {', '.join(DTYPES)}")
+        if args.repeats < 1 or args.naive_repeats < 1:
+            raise UsageError("--repeats and --naive-repeats must be at least 1")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    for model in models:
+        try:
+            config = load_config(model)
+            tokenizer = load_tokenizer(resolve(model))
+        except ModelNotFound as e:
+            raise UsageError(str(e)) from None
+        limit = context_length(config)
+        for w in workloads:
+            longest = max(len(p) for p in w.prompts(tokenizer))
+            if longest + w.max_new_tokens > limit:
+                raise UsageError(f"workload {w.name!r} needs {longest} prompt + {w.max_new_tokens} new tokens, "
+                                 f"more than {model}'s context of {limit}; pick a shorter workload")
+    cells = [Cell(model=m, workload=w.name, strategy=spec, params=params, repeats=args.repeats, seed=args.seed,
+                  dtype=args.dtype, device=args.device, threads=args.threads, sampling=args.sampling,
+                  quality=not args.no_quality)
+             for m in models for w in workloads for spec, params in grid]
+    if not args.no_reference:
+        cells = with_reference(cells)
+    for c in cells:
+        if c.is_reference:
+            c.repeats = args.naive_repeats
+    return cells
+
+
+def prepare_out(args: argparse.Namespace) -> tuple[Path, str]:
+    from bench.env import git_rev
+
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + git_rev().split("-")[0]
+    out = args.out or Path("reports") / run_id
+    if args.resume and not (out / "results.jsonl").exists():
+        raise UsageError(f"--resume needs an earlier run in {out}: no results.jsonl there")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to output directory {out}: {e.strerror}") from None
+    return out, run_id
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import run_grid
+
+    cells = build_cells(args)
+    out, run_id = prepare_out(args)
+    for cell in cells:
+        cell.out_dir = str(out)
+    meta = {"run_id": run_id, "command": "kvbench " + shlex.join(sys.argv[1:])}
+    rows = run_grid(cells, out, meta, timeout_s=args.cell_timeout, resume=args.resume)
+    if args.out is None:
+        latest = Path("reports") / "latest"
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(out.name)
+    print(f"wrote {out}/results.csv, results.json, report.md")
+    failed = [r for r in rows if r.get("status") == "failed"]
+    return 1 if failed or not rows else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.cell import Cell  # noqa: F401  (keeps imports light for `report`)
+    from bench.report import write_report
+    from bench.results import ResultsError, read_jsonl, write_run
+
+    run_dir = args.run_dir
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a run directory")
+    try:
+        path = write_report(run_dir)
+    except ResultsError as e:
+        records, _ = read_jsonl(run_dir / "results.jsonl")
+        if not records:
+            raise UsageError(str(e)) from None
+        from bench.env import environment
+
+        write_run(run_dir, records, environment(), {"rebuilt_from": "results.jsonl"})
+        path = write_report(run_dir)
+    print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
+    from bench.results import ResultsError
+
+    try:
+        if args.command == "list":
+            return cmd_list()
+        if args.command == "report":
+            return cmd_report(args)
+        return cmd_run(args)
+    except (UsageError, ResultsError) as e:
+        print(f"kvbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kvbench: interrupted; finished cells are kept — rerun with --resume --out DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""report.md from results.json: naive vs every strategy, per model and workload, with the environment."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.results import atomic_write, load_results, row_key
+
+UNSTABLE_CV = 0.10  # a cell whose tokens/s varies this much across repeats is flagged
+
+# (column, header, format) — headers carry units.
+TABLE = [
+    ("strategy", "strategy", "{}"), ("params", "params", "{}"), ("status", "status", "{}"),
+    ("tokens_per_s", "tok/s", "{:.1f}"), ("speedup_vs_naive", "× naive", "{:.2f}"),
+    ("ttft_ms", "TTFT ms", "{:.0f}"), ("tpot_ms", "TPOT ms", "{:.1f}"), ("itl_p99_ms", "ITL p99 ms", "{:.1f}"),
+    ("peak_rss_mb", "peak RSS MiB", "{:.0f}"), ("rss_over_model_mb", "RSS over model MiB", "{:.0f}"),
+    ("cache_bytes", "cache MiB", "mib"), ("compression_ratio", "compression ×", "{:.2f}"),
+    ("ppl", "ppl", "{:.3f}"), ("ppl_delta_pct", "Δppl %", "{:+.2f}"), ("kl_vs_naive", "KL nats", "{:.4f}"),
+    ("greedy_agreement", "greedy agree", "{:.3f}"), ("first_divergence", "1st diverge", "{}"),
+]
+
+
+def fmt(value: Any, spec: str) -> str:
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if spec == "mib":
+        return f"{value / 2**20:.2f}"
+    try:
+        return spec.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c), f).replace("|", "\\|") for c, _, f in columns) + " |")
+    return "\n".join(lines)
+
+
+def render(data: dict[str, Any]) -> str:
+    rows, spread, envi = data["rows"], data.get("spread", {}), data.get("environment", {})
+    out = ["# kvbench report", ""]
+    meta = data.get("meta", {})
+    if meta:
+        out += [f"Command: `{meta.get('command', '')}`  ", f"Run: {meta.get('run_id', '')}", ""]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["workload"]), []).append(r)
+    for (model, workload), group in groups.items():
+        group.sort(key=lambda r: (r["strategy"] != "naive", r["strategy"], r.get("params", "")))
+        out += [f"## {model} · {workload}", "", markdown_table(group, TABLE), ""]
+        unstable = [f"{r['strategy']} {r['params']}".strip() for r in group
+                    if spread.get(row_key(r), {}).get("tokens_per_s", {}).get("cv", 0) >= UNSTABLE_CV]
+        if unstable:
+            out += [f"**unstable** (tokens/s CV ≥ {UNSTABLE_CV:.0%} across repeats): {', '.join(unstable)}", ""]
+        failed = [r for r in group if r.get("status") != "ok"]
+        for r in failed:
+            out.append(f"- `{r['strategy']}` {r['status']}: {r.get('error', '')}")
+        if failed:
+            out.append("")
+    out += ["Medians over repeats (spread in results.json). TTFT: start → first token; TPOT: (E2E − TTFT)/(n − 1); "
+            "cache MiB: bytes the cache really holds at the end of the longest request; compression = full-cache "
+            "closed form / held bytes; quality vs naive on the same prompts (agreement over naive's prompts), "
+            "perplexity teacher-forced through each strategy's own cache.", ""]
+    if envi:
+        out += ["## Environment", "", "| key | value |", "|---|---|"]
+        out += [f"| {k} | {v} |" for k, v in envi.items()]
+        if rows:
+            r = rows[0]
+            out += [f"| dtype | {r.get('dtype')} |", f"| device | {r.get('device')} |",
+                    f"| threads | {r.get('threads')} |", f"| seed | {r.get('seed')} |"]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_report(run_dir: Path) -> Path:
+    data = load_results(run_dir)
+    path = run_dir / "report.md"
+    atomic_write(path, render(data))
+    return path

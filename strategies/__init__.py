@@ -1,0 +1,1 @@
+"""Strategies: cache policies and decoding policies, registered by name in ``strategies.registry``."""

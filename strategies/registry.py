@@ -1,0 +1,140 @@
+"""Name -> strategy class, and the parsing of ``a+b`` compositions and ``--param name.key=v1,v2`` sweeps.
+
+A cell's strategy is one decoding strategy over one cache strategy. A bare cache name runs under ``step``
+decoding; a bare decoding name runs over the ``full`` cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import typing
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
+
+from strategies.base import CacheStrategy, DecodingStrategy, Strategy
+from strategies.full import FullCache
+from strategies.hf_generate import HFGenerate
+from strategies.naive import NoCache
+from strategies.step import StepDecoding
+
+REGISTRY: dict[str, type[Strategy]] = {
+    "naive": NoCache,
+    "full": FullCache,
+    "step": StepDecoding,
+    "hf-generate": HFGenerate,
+}
+DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
+
+
+class StrategyError(ValueError):
+    pass
+
+
+@dataclass
+class Composition:
+    """One runnable strategy: a decoder and (unless it drives its own) a cache, with their parameters."""
+
+    decoder: DecodingStrategy
+    cache: CacheStrategy | None
+
+    @property
+    def lossless(self) -> bool:
+        return self.decoder.lossless and (self.cache is None or self.cache.lossless)
+
+
+def split(spec: str) -> tuple[str, str | None]:
+    """'speculative+quant-int8' -> ('speculative', 'quant-int8'); 'full' -> ('step', 'full')."""
+    names = [n.strip() for n in spec.split("+") if n.strip()]
+    for n in names:
+        if n not in REGISTRY:
+            raise StrategyError(f"unknown strategy {n!r}; allowed: {', '.join(REGISTRY)} (compose as decoder+cache)")
+    decoders = [n for n in names if REGISTRY[n].kind == "decoding"]
+    caches = [n for n in names if REGISTRY[n].kind == "cache"]
+    if not names or len(decoders) > 1 or len(caches) > 1:
+        raise StrategyError(f"strategy {spec!r} must be one decoding strategy, one cache strategy, or decoder+cache")
+    decoder = decoders[0] if decoders else DEFAULT_DECODER
+    if not REGISTRY[decoder].takes_cache:  # type: ignore[attr-defined]
+        if caches:
+            raise StrategyError(f"{decoder!r} drives transformers' own cache and takes no cache strategy "
+                                f"(got {spec!r}); run it alone")
+        return decoder, None
+    return decoder, caches[0] if caches else DEFAULT_CACHE
+
+
+def declared(name: str) -> dict[str, Any]:
+    """Parameter name -> default for strategy ``name``."""
+    return {f.name: f.default for f in fields(REGISTRY[name]) if f.default is not MISSING}
+
+
+def coerce(name: str, key: str, value: str) -> Any:
+    """Parse ``value`` as the declared type of ``name.key``."""
+    allowed = declared(name)
+    if key not in allowed:
+        raise StrategyError(f"unknown parameter {name}.{key}; allowed: "
+                            f"{', '.join(f'{name}.{k}' for k in allowed) or f'{name} takes none'}")
+    hints = typing.get_type_hints(REGISTRY[name])
+    kind = hints.get(key, type(allowed[key]))
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        if kind in (int, float):
+            return kind(value)
+        if typing.get_origin(kind) is typing.Union or isinstance(kind, type(int | None)):
+            for option in typing.get_args(kind):
+                if option is type(None):
+                    continue
+                try:
+                    return option(value)
+                except ValueError:
+                    continue
+            raise ValueError
+        return value
+    except ValueError:
+        raise StrategyError(f"parameter {name}.{key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def parse_params(items: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """['quant-int4.group_size=32,64'] -> {'quant-int4': {'group_size': [32, 64]}} (types checked)."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for item in items:
+        target, eq, values = item.partition("=")
+        name, dot, key = target.rpartition(".")
+        if not eq or not dot or not values:
+            raise StrategyError(f"--param {item!r} must look like <strategy>.<key>=<v1>[,<v2>...]")
+        if name not in REGISTRY:
+            raise StrategyError(f"--param {item!r}: unknown strategy {name!r}; allowed: {', '.join(REGISTRY)}")
+        out.setdefault(name, {})[key] = [coerce(name, key, v) for v in values.split(",")]
+    return out
+
+
+def build(name: str, params: dict[str, Any]) -> Strategy:
+    try:
+        return REGISTRY[name](**params)
+    except (TypeError, ValueError) as e:
+        raise StrategyError(f"strategy {name!r}: {e}") from None
+
+
+def compose(spec: str, params: dict[str, dict[str, Any]]) -> Composition:
+    decoder, cache = split(spec)
+    return Composition(build(decoder, params.get(decoder, {})),  # type: ignore[arg-type]
+                       build(cache, params.get(cache, {})) if cache else None)  # type: ignore[arg-type]
+
+
+def expand(spec: str, sweeps: dict[str, dict[str, list[Any]]]) -> list[dict[str, dict[str, Any]]]:
+    """Every parameter combination for ``spec``: one dict {strategy: {key: value}} per row, validated."""
+    decoder, cache = split(spec)
+    axes = [(n, k, vs) for n in (decoder, cache) if n for k, vs in sweeps.get(n, {}).items()]
+    combos = []
+    for values in itertools.product(*(vs for _, _, vs in axes)) if axes else [()]:
+        params: dict[str, dict[str, Any]] = {}
+        for (n, k, _), v in zip(axes, values):
+            params.setdefault(n, {})[k] = v
+        compose(spec, params)  # validate now, before any cell is spawned
+        combos.append(params)
+    return combos
+
+
+def params_label(params: dict[str, dict[str, Any]]) -> str:
+    return ";".join(f"{n}.{k}={v}" for n, kv in sorted(params.items()) for k, v in sorted(kv.items()))

@@ -1,0 +1,102 @@
+"""Token selection shared by every decoder: greedy, or seeded sampling with the usual filters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """temperature 0 means greedy (argmax); the filters apply only when sampling."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"sampling top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"sampling min_p must be in [0, 1), got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"sampling repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Sampling:
+        """'temperature=0.7,top_p=0.9' -> Sampling; unknown keys name the allowed ones."""
+        allowed = {f.name: f.type for f in fields(cls)}
+        kwargs: dict[str, float | int] = {}
+        for item in filter(None, (s.strip() for s in text.split(","))):
+            key, _, value = item.partition("=")
+            if key not in allowed:
+                raise ValueError(f"unknown sampling option {key!r}; allowed: {', '.join(allowed)}")
+            kwargs[key] = int(value) if key in ("top_k", "seed") else float(value)
+        return cls(**kwargs)
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.seed)
+
+    def probs(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """The filtered next-token distribution [..., vocab] that sampling draws from (temperature > 0)."""
+        logits = logits.float()
+        if self.repetition_penalty != 1.0 and history is not None and history.numel():
+            seen = logits.gather(-1, history)
+            seen = torch.where(seen < 0, seen * self.repetition_penalty, seen / self.repetition_penalty)
+            logits = logits.scatter(-1, history, seen)
+        logits = logits / self.temperature
+        if self.top_k:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1])).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) >= self.top_p  # keep the smallest prefix reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        probs = logits.softmax(-1)
+        if self.min_p > 0:
+            floor = self.min_p * probs.max(-1, keepdim=True).values
+            probs = probs.masked_fill(probs < floor, 0.0)
+            probs = probs / probs.sum(-1, keepdim=True)
+        return probs
+
+    def select(
+        self,
+        logits: torch.Tensor,
+        history: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        banned: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Next token ids [...] from logits [..., vocab]; ``banned`` ids (EOS, so every run has the same length)
+        are never chosen, as transformers' min_new_tokens does."""
+        if banned:
+            logits = logits.clone()
+            logits[..., banned] = float("-inf")
+        if self.is_greedy:
+            return logits.argmax(-1)
+        probs = self.probs(logits, history)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+GREEDY = Sampling()
+
+
+def eos_ids(model) -> list[int]:
+    """The ids that would end generation; suppressed so a timed run always has max_new_tokens."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if ids is None:
+        ids = model.config.eos_token_id
+    return [ids] if isinstance(ids, int) else list(ids or [])

@@ -1,0 +1,98 @@
+"""`step`: the lean decode loop (gpt-fast's shape): prefill once, then one token per forward over the cache.
+
+With ``naive``'s cache (None) each step recomputes the whole sequence instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache, PreTrainedModel
+
+from strategies.base import DecodingStrategy, Emit, NewCache
+from strategies.sampling import Sampling, eos_ids
+
+
+def forward_logits(
+    model: PreTrainedModel, ids: torch.Tensor, cache: Cache | None, start: int, all_logits: bool = False
+) -> torch.Tensor:
+    """Run ``ids`` [1, n] at positions start..start+n through ``cache``; logits [n or 1, vocab] in fp32.
+
+    Positions are passed explicitly, so caches that evict tokens keep each token's original position.
+    """
+    n = ids.shape[1]
+    positions = torch.arange(start, start + n, device=ids.device).unsqueeze(0)
+    out = model(
+        input_ids=ids,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=cache is not None,
+        logits_to_keep=0 if all_logits else 1,
+    )
+    return out.logits[0].float()
+
+
+def prefill(model: PreTrainedModel, cache: Cache | None, prompt: torch.Tensor) -> torch.Tensor:
+    """Logits [vocab] after the whole prompt."""
+    return forward_logits(model, prompt, cache, 0)[-1]
+
+
+def decode_one_token(
+    model: PreTrainedModel, cache: Cache | None, seq: torch.Tensor, length: int
+) -> torch.Tensor:
+    """Logits [vocab] after feeding token ``seq[length-1]``; without a cache, after the whole ``seq[:length]``."""
+    if cache is None:
+        return forward_logits(model, seq[:, :length], None, 0)[-1]
+    return forward_logits(model, seq[:, length - 1 : length], cache, length - 1)[-1]
+
+
+@dataclass
+class StepDecoding(DecodingStrategy):
+    name = "step"
+    lossless = True
+    summary = "one token per forward over the given cache (the default decoder)"
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        model: PreTrainedModel,
+        new_cache: NewCache,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        sampling: Sampling,
+        emit: Emit,
+    ) -> list[list[int]]:
+        device = model.device
+        outputs, banned = [], eos_ids(model)
+        for i, prompt in enumerate(prompts):
+            gen = sampling.generator(device)
+            n = len(prompt)
+            seq = torch.empty(1, n + max_new_tokens, dtype=torch.long, device=device)
+            seq[0, :n] = torch.tensor(prompt, device=device)
+            cache = new_cache(1, n + max_new_tokens - 1)  # the last token is emitted, never cached
+            logits = prefill(model, cache, seq[:, :n])
+            for t in range(max_new_tokens):
+                if t:
+                    logits = decode_one_token(model, cache, seq, n + t)
+                token = int(sampling.select(logits, seq[:, : n + t], gen, banned))
+                seq[0, n + t] = token
+                emit(i, [token])
+            outputs.append(seq[0, n:].tolist())
+        return outputs
+
+    @torch.inference_mode()
+    def score(
+        self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int], continuation_ids: list[int]
+    ) -> torch.Tensor:
+        device = model.device
+        ids = torch.tensor([prompt_ids + continuation_ids], device=device)
+        n, m = len(prompt_ids), len(continuation_ids)
+        cache = new_cache(1, n + m - 1)
+        if cache is None:  # naive's path is recomputation, i.e. one forward over everything
+            logits = forward_logits(model, ids[:, : n + m - 1], None, 0, all_logits=True)[n - 1 :]
+            return logits.log_softmax(-1)
+        rows = [prefill(model, cache, ids[:, :n])]
+        for t in range(1, m):
+            rows.append(decode_one_token(model, cache, ids, n + t))
+        return torch.stack(rows).log_softmax(-1)

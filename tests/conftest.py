@@ -1,0 +1,27 @@
+"""Shared fixtures: the real embedded model (loaded once per session) and tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.models import LoadedModel, load_model
+from bench.workloads import encode_prompt
+
+
+@pytest.fixture(scope="session")
+def smol() -> LoadedModel:
+    torch.set_num_threads(2)
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smol_prompts(smol) -> list[list[int]]:
+    texts = ["What is the capital of France?", "Write one sentence about the sea.",
+             "List three fruits that are red."]
+    return [encode_prompt(smol.tokenizer, t) for t in texts]
+
+
+@pytest.fixture(scope="session")
+def tiny() -> LoadedModel:
+    return load_model("random:tiny-llama")
