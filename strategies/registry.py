@@ -92,7 +92,8 @@ def coerce(name: str, key: str, value: str) -> Any:
             raise ValueError
         return value
     except ValueError:
-        raise StrategyError(f"parameter {name}.{key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+        kind_name = getattr(kind, "__name__", kind)
+        raise StrategyError(f"parameter {name}.{key}={value!r} is not a valid {kind_name}") from None
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, list[Any]]]:
