@@ -182,6 +182,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     spreads = {k: spread([r[k] for r in repeats]) for k in TIMED}
     row.update({k: s["median"] for k, s in spreads.items()})
     row["generated_tokens"] = sum(map(len, tokens))
+    row.update(comp.decoder.stats())  # of the last timed repeat
     row.update(cuda_memory(cell.device))
     row.update(probe_cache(comp, model, prompts, max_new, sampling))
 

@@ -125,5 +125,12 @@ class DecodingStrategy(Strategy):
         self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int], continuation_ids: list[int]
     ) -> torch.Tensor:
         """Teacher-forced log-probs [len(continuation), vocab] of each continuation position, read through the cache:
-        prefill the prompt, then feed the continuation one token at a time."""
-        raise NotImplementedError
+        prefill the prompt, then feed the continuation one token at a time. Decoders whose cache path is the
+        plain step path (speculation verifies against the same cache) keep this default."""
+        from strategies.step import score_through_cache
+
+        return score_through_cache(model, new_cache, prompt_ids, continuation_ids)
+
+    def stats(self) -> dict[str, Any]:
+        """Figures of the last ``generate`` call merged into the row (acceptance rate, target forwards...)."""
+        return {}

@@ -81,18 +81,21 @@ class StepDecoding(DecodingStrategy):
             outputs.append(seq[0, n:].tolist())
         return outputs
 
-    @torch.inference_mode()
-    def score(
-        self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int], continuation_ids: list[int]
-    ) -> torch.Tensor:
-        device = model.device
-        ids = torch.tensor([prompt_ids + continuation_ids], device=device)
-        n, m = len(prompt_ids), len(continuation_ids)
-        cache = new_cache(1, n + m - 1)
-        if cache is None:  # naive's path is recomputation, i.e. one forward over everything
-            logits = forward_logits(model, ids[:, : n + m - 1], None, 0, all_logits=True)[n - 1 :]
-            return logits.log_softmax(-1)
-        rows = [prefill(model, cache, ids[:, :n])]
-        for t in range(1, m):
-            rows.append(decode_one_token(model, cache, ids, n + t))
-        return torch.stack(rows).log_softmax(-1)
+
+@torch.inference_mode()
+def score_through_cache(
+    model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int], continuation_ids: list[int]
+) -> torch.Tensor:
+    """Teacher-forced log-probs [m, vocab]: prefill the prompt, then feed the continuation one token at a time,
+    so every later position reads what the cache kept. Without a cache (naive) recomputation is one forward."""
+    device = model.device
+    ids = torch.tensor([prompt_ids + continuation_ids], device=device)
+    n, m = len(prompt_ids), len(continuation_ids)
+    cache = new_cache(1, n + m - 1)
+    if cache is None:
+        logits = forward_logits(model, ids[:, : n + m - 1], None, 0, all_logits=True)[n - 1 :]
+        return logits.log_softmax(-1)
+    rows = [prefill(model, cache, ids[:, :n])]
+    for t in range(1, m):
+        rows.append(decode_one_token(model, cache, ids, n + t))
+    return torch.stack(rows).log_softmax(-1)
