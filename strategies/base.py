@@ -41,6 +41,7 @@ class KVLayer(CacheLayerMixin):
 
     is_sliding = False
     is_croppable = True
+    lean_decode = False  # True: needs only update() (no hooks, no queries), so the lean decode forward may drive it
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor this layer holds (data, scales, zero-points, tables)."""

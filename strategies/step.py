@@ -11,6 +11,7 @@ import torch
 from transformers import Cache, PreTrainedModel
 
 from strategies.base import DecodingStrategy, Emit, NewCache
+from strategies.lean_forward import LeanDecoder, lean_decoder
 from strategies.sampling import Sampling, eos_ids
 
 
@@ -39,11 +40,14 @@ def prefill(model: PreTrainedModel, cache: Cache | None, prompt: torch.Tensor) -
 
 
 def decode_one_token(
-    model: PreTrainedModel, cache: Cache | None, seq: torch.Tensor, length: int
+    model: PreTrainedModel, cache: Cache | None, seq: torch.Tensor, length: int, lean: LeanDecoder | None = None
 ) -> torch.Tensor:
-    """Logits [vocab] after feeding token ``seq[length-1]``; without a cache, after the whole ``seq[:length]``."""
+    """Logits [vocab] after feeding token ``seq[length-1]``; without a cache, after the whole ``seq[:length]``.
+    With ``lean``, the one-token forward is the lean llama-family path over the same cache."""
     if cache is None:
         return forward_logits(model, seq[:, :length], None, 0)[-1]
+    if lean is not None and lean.usable_at(length - 1):
+        return lean.step(seq[0, length - 1], length - 1, cache)
     return forward_logits(model, seq[:, length - 1 : length], cache, length - 1)[-1]
 
 
@@ -52,6 +56,12 @@ class StepDecoding(DecodingStrategy):
     name = "step"
     lossless = True
     summary = "one token per forward over the given cache (the default decoder)"
+    # auto: the lean llama-family decode forward where model and cache allow it; hf: always transformers' forward
+    forward: str = "auto"
+
+    def validate(self) -> None:
+        if self.forward not in ("auto", "hf"):
+            raise ValueError(f"forward must be 'auto' or 'hf', got {self.forward!r}")
 
     @torch.inference_mode()
     def generate(
@@ -71,10 +81,11 @@ class StepDecoding(DecodingStrategy):
             seq = torch.empty(1, n + max_new_tokens, dtype=torch.long, device=device)
             seq[0, :n] = torch.tensor(prompt, device=device)
             cache = new_cache(1, n + max_new_tokens - 1)  # the last token is emitted, never cached
+            lean = lean_decoder(model, cache) if self.forward == "auto" else None
             logits = prefill(model, cache, seq[:, :n])
             for t in range(max_new_tokens):
                 if t:
-                    logits = decode_one_token(model, cache, seq, n + t)
+                    logits = decode_one_token(model, cache, seq, n + t, lean)
                 token = int(sampling.select(logits, seq[:, : n + t], gen, banned))
                 seq[0, n + t] = token
                 emit(i, [token])
