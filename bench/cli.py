@@ -160,7 +160,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.cell import Cell  # noqa: F401  (keeps imports light for `report`)
     from bench.report import write_report
     from bench.results import ResultsError, read_jsonl, write_run
 

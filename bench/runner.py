@@ -52,18 +52,22 @@ def run_in_process(cell: Cell, timeout_s: float | None) -> dict[str, Any]:
     child.close()
     deadline = time.monotonic() + timeout_s if timeout_s else None
     message = None
-    while message is None:
-        wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-        if parent.poll(wait):
-            try:
-                message = parent.recv()
-            except EOFError:
+    try:
+        while message is None:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            if parent.poll(wait):
+                try:
+                    message = parent.recv()
+                except EOFError:
+                    break
+            elif not proc.is_alive():
                 break
-        elif not proc.is_alive():
-            break
-        elif deadline is not None and time.monotonic() >= deadline:
-            _kill_group(proc.pid)
-            message = ("failed", f"timed out after {timeout_s:g} s (--cell-timeout); its process group was killed")
+            elif deadline is not None and time.monotonic() >= deadline:
+                _kill_group(proc.pid)
+                message = ("failed", f"timed out after {timeout_s:g} s (--cell-timeout); its process group was killed")
+    except BaseException:  # Ctrl-C: the cell sits in its own process group, so the terminal's SIGINT missed it
+        _kill_group(proc.pid)
+        raise
     proc.join(5)
     if proc.is_alive():
         _kill_group(proc.pid)
