@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,9 @@ def prepare_out(args: argparse.Namespace) -> tuple[Path, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.runner import run_grid
+
+    # A kill (SIGTERM) unwinds like Ctrl-C, so the running cell's process group is killed and nothing is orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     cells = build_cells(args)
     out, run_id = prepare_out(args)

@@ -82,10 +82,12 @@ def run_in_process(cell: Cell, timeout_s: float | None) -> dict[str, Any]:
 
 
 def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    """Kill the cell and everything it started; before the cell has made its own group, kill the process."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def order_cells(cells: list[Cell]) -> list[Cell]:
