@@ -15,6 +15,7 @@ from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.full import FullCache
 from strategies.hf_generate import HFGenerate
 from strategies.naive import NoCache
+from strategies.paged import Paged
 from strategies.step import StepDecoding
 
 REGISTRY: dict[str, type[Strategy]] = {
@@ -22,6 +23,7 @@ REGISTRY: dict[str, type[Strategy]] = {
     "full": FullCache,
     "step": StepDecoding,
     "hf-generate": HFGenerate,
+    "paged": Paged,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 
