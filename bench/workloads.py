@@ -100,6 +100,12 @@ WORKLOADS: dict[str, Workload] = {
                  (Message("Summarize the text above in two sentences.", 1000, 0),
                   Message("What is the main topic of the text above?", 1000, 5000)),
                  max_new_tokens=32, quality_context=1024, quality_tokens=64, reference_prompts=1),
+        # Windows and eviction must show their cost: the answer sits ~2k tokens back, at the start of the text.
+        Workload("long-doc", "2 prompts of ~2.2k tokens of real prose, then a question about its beginning; 32 new",
+                 (Message("Near the beginning of the text above, HTTP CONNECT tunneling is described. What is the "
+                          "host passed to the constructor used as? Answer in one sentence.", 2200, 10_000),
+                  Message("What does the first paragraph of the text above explain? Answer briefly.", 2200, 4_000)),
+                 max_new_tokens=32, quality_context=2048, quality_tokens=64, reference_prompts=1),
     )
 }
 

@@ -12,16 +12,28 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from strategies.base import CacheStrategy, DecodingStrategy, Strategy
+from strategies.chunk_summary import ChunkSummary
 from strategies.full import FullCache
+from strategies.hf_caches import HFQuantized, HFStatic
 from strategies.hf_generate import HFGenerate
 from strategies.naive import NoCache
+from strategies.paged import Paged
+from strategies.static import Static
 from strategies.step import StepDecoding
+from strategies.window import Sinks, SlidingWindow
 
 REGISTRY: dict[str, type[Strategy]] = {
     "naive": NoCache,
     "full": FullCache,
     "step": StepDecoding,
     "hf-generate": HFGenerate,
+    "paged": Paged,
+    "static": Static,
+    "sliding-window": SlidingWindow,
+    "sinks": Sinks,
+    "chunk-summary": ChunkSummary,
+    "hf-static": HFStatic,
+    "hf-quantized": HFQuantized,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 
