@@ -15,6 +15,7 @@ from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.full import FullCache
 from strategies.hf_generate import HFGenerate
 from strategies.naive import NoCache
+from strategies.quantized import QuantInt4, QuantInt8, QuantMixed
 from strategies.step import StepDecoding
 
 REGISTRY: dict[str, type[Strategy]] = {
@@ -22,6 +23,9 @@ REGISTRY: dict[str, type[Strategy]] = {
     "full": FullCache,
     "step": StepDecoding,
     "hf-generate": HFGenerate,
+    "quant-int8": QuantInt8,
+    "quant-int4": QuantInt4,
+    "quant-mixed": QuantMixed,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 
