@@ -5,7 +5,8 @@ Tokens are quantized in blocks: token ``i`` stays full precision until the seque
 ``residual`` beyond it, so after every update the layer holds ``q = residual * ((T - 1) // residual)`` quantized
 tokens and the last ``T - q`` (1..residual) in full precision. The quantized state is a function of ``T`` alone
 and quantization is per token (see kv_quant), so a rollback inside the residual window is exact; one reaching into
-the quantized part drops whole tokens from it, and the state reconverges at the next block boundary.
+the quantized part drops whole tokens from it (those left stay quantized until the next block boundary, where the
+layout is again what it would have been).
 
 Attention reads ``dequantize(old) ++ full-precision recent``, written into one work buffer per K and V shared by
 all layers of the cache (attention consumes layer ``l``'s view before layer ``l+1`` updates). The buffer is held
@@ -121,14 +122,20 @@ class QuantizedCache(CacheStrategy):
     def validate(self) -> None:
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1 and divide head_dim, got {self.group_size}")
+        # a group_size above head_dim means one group per head (so the default runs on small heads too)
         if self.residual < 1:
             raise ValueError(f"residual must be >= 1 (recent tokens kept in full precision), got {self.residual}")
 
+    def group_for(self, model: PreTrainedModel) -> int:
+        """The group size used on ``model``: ``group_size``, or one group per head when heads are smaller."""
+        config = model.config.get_text_config()
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return min(self.group_size, head_dim)
+
     def supports(self, model: PreTrainedModel) -> str | None:
         config = model.config.get_text_config()
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        if head_dim % self.group_size:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if head_dim % self.group_for(model):
             return f"group_size {self.group_size} must divide head_dim {head_dim}"
         return None
 
@@ -136,7 +143,7 @@ class QuantizedCache(CacheStrategy):
         if reason := self.supports(model):
             raise ValueError(f"{self.name}: {reason}")
         work = (WorkBuffer(max_len), WorkBuffer(max_len))
-        return KVCache([QuantizedLayer(self.key_bits, self.value_bits, self.group_size, self.residual,
+        return KVCache([QuantizedLayer(self.key_bits, self.value_bits, self.group_for(model), self.residual,
                                        self.symmetric, work) for _ in range(num_cache_layers(model.config))])
 
 
