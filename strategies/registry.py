@@ -18,6 +18,7 @@ from strategies.hf_caches import HFQuantized, HFStatic
 from strategies.hf_generate import HFGenerate
 from strategies.naive import NoCache
 from strategies.paged import Paged
+from strategies.quantized import QuantInt4, QuantInt8, QuantMixed
 from strategies.static import Static
 from strategies.step import StepDecoding
 from strategies.window import Sinks, SlidingWindow
@@ -34,6 +35,9 @@ REGISTRY: dict[str, type[Strategy]] = {
     "chunk-summary": ChunkSummary,
     "hf-static": HFStatic,
     "hf-quantized": HFQuantized,
+    "quant-int8": QuantInt8,
+    "quant-int4": QuantInt4,
+    "quant-mixed": QuantMixed,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 
