@@ -20,6 +20,8 @@ from strategies.base import CacheStrategy, KVCache, KVLayer, num_cache_layers
 
 
 class ChunkSummaryLayer(KVLayer):
+    lean_decode = True  # update() alone decides what is attended
+
     def __init__(self, chunk: int, keep_last: int):
         super().__init__()
         self.chunk, self.keep_last = chunk, keep_last

@@ -15,6 +15,7 @@ from strategies.base import CacheStrategy, KVCache, KVLayer, num_cache_layers
 
 class PreallocatedLayer(KVLayer):
     lean_decode = True
+
     def __init__(self, max_len: int):
         super().__init__()
         self.max_len = max_len

@@ -20,6 +20,8 @@ from strategies.block_pool import BlockPool, BlockTable
 
 
 class PagedLayer(KVLayer):
+    lean_decode = True  # update() alone decides what is attended
+
     def __init__(self, owner: PagedCache, layer: int):
         super().__init__()
         self.owner, self.layer, self.length = owner, layer, 0

@@ -43,6 +43,8 @@ class WorkBuffer:
 
 
 class QuantizedLayer(KVLayer):
+    lean_decode = True  # update() alone decides what is attended
+
     def __init__(self, key_bits: int, value_bits: int, group_size: int, residual: int, symmetric: bool,
                  work: tuple[WorkBuffer, WorkBuffer]):
         super().__init__()

@@ -63,6 +63,9 @@ class StepDecoding(DecodingStrategy):
         if self.forward not in ("auto", "hf"):
             raise ValueError(f"forward must be 'auto' or 'hf', got {self.forward!r}")
 
+    def stats(self) -> dict[str, str]:
+        return {"decode_forward": getattr(self, "decode_forward", "")}
+
     @torch.inference_mode()
     def generate(
         self,
@@ -82,6 +85,7 @@ class StepDecoding(DecodingStrategy):
             seq[0, :n] = torch.tensor(prompt, device=device)
             cache = new_cache(1, n + max_new_tokens - 1)  # the last token is emitted, never cached
             lean = lean_decoder(model, cache) if self.forward == "auto" else None
+            self.decode_forward = "lean" if lean else "transformers" if cache is not None else "recompute"
             logits = prefill(model, cache, seq[:, :n])
             for t in range(max_new_tokens):
                 if t:

@@ -23,6 +23,8 @@ from strategies.base import CacheStrategy, KVCache, KVLayer, num_cache_layers
 
 
 class WindowLayer(KVLayer):
+    lean_decode = True  # update() alone decides what is attended
+
     def __init__(self, window: int, sinks: int, reserve: int, max_len: int):
         super().__init__()
         self.window, self.sinks, self.reserve = window, sinks, reserve
