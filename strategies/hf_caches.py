@@ -26,6 +26,8 @@ from strategies.sampling import Sampling
 class HFCachePeer(HFGenerate):
     """transformers ``generate`` with ``cache_implementation`` (and ``cache_config``) of a subclass."""
 
+    name = ""  # a base, not a registry entry
+    summary = ""
     cache_implementation: ClassVar[str] = ""
 
     def cache_config(self) -> dict[str, Any] | None:

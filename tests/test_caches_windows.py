@@ -120,8 +120,9 @@ def test_parameters_are_validated(spec, message):
 def test_every_cache_runs_on_other_families(family):
     model = load_model(family).model
     full = generate(model, "full", [PROMPT], 6)
-    for spec in ("paged", "static", "sliding-window", "sinks", "chunk-summary"):
-        out = generate(model, spec, [PROMPT], 6)
-        assert len(out[0]) == 6
-        if spec in ("paged", "static", "sliding-window", "sinks"):  # defaults hold more than 46 tokens: exact
-            assert out == full, spec
+    for spec in ("paged", "static", "sliding-window", "sinks"):  # defaults hold more than 46 tokens: exact
+        assert generate(model, spec, [PROMPT], 6) == full, spec
+    small = {"paged": {"block_size": 3}, "sliding-window": {"window": 8}, "sinks": {"sinks": 2, "window": 8},
+             "chunk-summary": {"chunk": 4, "keep_last": 8}}  # evicting / pooling on this family too
+    for spec, params in small.items():
+        assert len(generate(model, spec, [PROMPT], 6, {spec: params})[0]) == 6
