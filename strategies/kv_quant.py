@@ -84,19 +84,16 @@ def dequantize(q: QTensor, out: torch.Tensor | None = None, dtype: torch.dtype =
     d = width * 2 if q.bits == 4 else width
     if out is None:
         out = torch.empty(*lead, d, dtype=dtype, device=q.data.device)
-    if q.bits == 4:
-        out[..., : d // 2].copy_(q.data & 15)
-        out[..., d // 2 :].copy_(q.data >> 4)
-    else:
-        out.copy_(q.data)
+    # one contiguous uint8 tensor of codes, converted in one copy, then scaled in place: the hot path of every
+    # decode step (addcmul with broadcast scales and strided half-row copies measured several times slower)
+    codes = torch.cat([q.data & 15, q.data >> 4], dim=-1) if q.bits == 4 else q.data
+    out.copy_(codes)
     groups = out.unflatten(-1, (d // q.group_size, q.group_size))
-    scale = q.scale.unsqueeze(-1).to(out.dtype)
+    if q.zero is None and q.bits == 4:
+        groups.sub_(8)
+    groups.mul_(q.scale.unsqueeze(-1))
     if q.zero is not None:
-        torch.addcmul(q.zero.unsqueeze(-1).to(out.dtype), groups, scale, out=groups)
-    elif q.bits == 4:
-        groups.sub_(8).mul_(scale)
-    else:
-        groups.mul_(scale)
+        groups.add_(q.zero.unsqueeze(-1))
     return out
 
 

@@ -14,13 +14,17 @@ from typing import Any
 from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.chunk_summary import ChunkSummary
 from strategies.full import FullCache
+from strategies.h2o import H2O
 from strategies.hf_caches import HFQuantized, HFStatic
 from strategies.hf_generate import HFGenerate
+from strategies.keynorm import KeyNorm
 from strategies.naive import NoCache
 from strategies.paged import Paged
 from strategies.quantized import QuantInt4, QuantInt8, QuantMixed
+from strategies.snapkv import SnapKV
 from strategies.static import Static
 from strategies.step import StepDecoding
+from strategies.tova import TOVA
 from strategies.window import Sinks, SlidingWindow
 
 REGISTRY: dict[str, type[Strategy]] = {
@@ -38,6 +42,10 @@ REGISTRY: dict[str, type[Strategy]] = {
     "quant-int8": QuantInt8,
     "quant-int4": QuantInt4,
     "quant-mixed": QuantMixed,
+    "snapkv": SnapKV,
+    "h2o": H2O,
+    "tova": TOVA,
+    "keynorm": KeyNorm,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 

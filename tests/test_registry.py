@@ -15,7 +15,7 @@ from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.registry import REGISTRY, StrategyError, compose, expand, parse_params, split
 
 # modules with no strategy of their own
-INFRA = {"base", "registry", "sampling", "block_pool", "kv_quant", "lean_forward"}
+INFRA = {"base", "registry", "sampling", "block_pool", "kv_quant", "lean_forward", "eviction"}
 
 
 def test_every_strategy_module_is_registered():
