@@ -13,8 +13,12 @@ from typing import Any
 
 from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.full import FullCache
+from strategies.hf_assisted import HFAssisted, HFPromptLookup
 from strategies.hf_generate import HFGenerate
+from strategies.lookahead import Lookahead
 from strategies.naive import NoCache
+from strategies.prompt_lookup import PromptLookup
+from strategies.speculative import Speculative
 from strategies.step import StepDecoding
 
 REGISTRY: dict[str, type[Strategy]] = {
@@ -22,6 +26,11 @@ REGISTRY: dict[str, type[Strategy]] = {
     "full": FullCache,
     "step": StepDecoding,
     "hf-generate": HFGenerate,
+    "speculative": Speculative,
+    "prompt-lookup": PromptLookup,
+    "lookahead": Lookahead,
+    "hf-assisted": HFAssisted,
+    "hf-prompt-lookup": HFPromptLookup,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 
