@@ -27,15 +27,11 @@ from bench.models import load_model
 from bench.quality import agreement, mean_kl, perplexity
 from bench.results import TIMED
 from bench.workloads import get_workload
-from strategies.base import KVCache
+from strategies.base import KVCache, Unsupported
 from strategies.registry import compose, params_label
 from strategies.sampling import Sampling
 
 REFERENCE = "naive"
-
-
-class Unsupported(Exception):
-    pass
 
 
 @dataclass

@@ -21,6 +21,21 @@ CHAT_PROMPTS = (
     "Why do we have leap years, and how often do they happen?",
     "Describe what a hash table is and when you would use one.",
 )
+# Editing requests whose answer mostly copies the given text: where prompt lookup should shine.
+COPY_EDIT_PROMPTS = (
+    "Fix the spelling mistakes in this paragraph and write it out again in full:\n\n"
+    "The comittee met on tuesday to discus the new budjet. Every departement was asked to send a short report "
+    "before the end of the month, and the reports will be reveiwed by the finance team. The meeting ended "
+    "with a vote to keep the libary open on weekends during the sumer.",
+    "Rewrite this note with correct capitalization and punctuation, keeping every word:\n\n"
+    "dear sam thanks for the update on the garden project the new beds are ready and the tomatoes went in on "
+    "monday we still need two bags of soil and a longer hose could you pick them up on your way home "
+    "see you at dinner alex",
+)
+COPY_EDIT_CONTEXT = (  # (question, prose tokens, prose offset): real stdlib prose the model is asked to reproduce
+    ("Repeat the text above word for word.", 100, 1000),
+    ("Copy the text above exactly, then stop.", 100, 8000),
+)
 SMOKE_PROMPTS = ("What is the capital of France?", "Name two primary colors.")
 
 
@@ -106,6 +121,9 @@ WORKLOADS: dict[str, Workload] = {
                           "host passed to the constructor used as? Answer in one sentence.", 2200, 10_000),
                   Message("What does the first paragraph of the text above explain? Answer briefly.", 2200, 4_000)),
                  max_new_tokens=32, quality_context=2048, quality_tokens=64, reference_prompts=1),
+        Workload("copy-edit", "4 requests to repeat, fix or reformat a given passage, 96 new tokens each",
+                 tuple(Message(q) for q in COPY_EDIT_PROMPTS) + tuple(Message(*c) for c in COPY_EDIT_CONTEXT),
+                 max_new_tokens=96, quality_context=128, quality_tokens=64, reference_prompts=2),
     )
 }
 

@@ -22,6 +22,10 @@ Emit = Callable[[int, Sequence[int]], None]
 NewCache = Callable[[int, int], "Cache | None"]
 
 
+class Unsupported(Exception):
+    """A strategy cannot run this model (the cell is reported ``status=skipped`` with this message)."""
+
+
 def storage_bytes(*tensors: torch.Tensor | None) -> int:
     """Bytes of the distinct storages behind ``tensors``: views and aliases are counted once."""
     seen: dict[int, int] = {}

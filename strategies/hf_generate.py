@@ -46,6 +46,10 @@ class HFGenerate(DecodingStrategy):
     takes_cache = False
     summary = "peer: transformers generate() with its default dynamic cache"
 
+    def extra_kwargs(self, model: PreTrainedModel) -> dict:
+        """More ``generate`` options (peers built on this one: assisted generation, prompt lookup)."""
+        return {}
+
     @torch.inference_mode()
     def generate(
         self,
@@ -61,7 +65,8 @@ class HFGenerate(DecodingStrategy):
             torch.manual_seed(sampling.seed)
             ids = torch.tensor([prompt], device=model.device)
             out = model.generate(ids, attention_mask=torch.ones_like(ids), streamer=EmitStreamer(emit, i),
-                                 pad_token_id=model.config.eos_token_id, **generate_kwargs(sampling, max_new_tokens))
+                                 pad_token_id=model.config.eos_token_id, **generate_kwargs(sampling, max_new_tokens),
+                                 **self.extra_kwargs(model))
             outputs.append(out[0, len(prompt):].tolist())
         return outputs
 

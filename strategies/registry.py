@@ -15,13 +15,17 @@ from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.chunk_summary import ChunkSummary
 from strategies.full import FullCache
 from strategies.h2o import H2O
+from strategies.hf_assisted import HFAssisted, HFPromptLookup
 from strategies.hf_caches import HFQuantized, HFStatic
 from strategies.hf_generate import HFGenerate
 from strategies.keynorm import KeyNorm
+from strategies.lookahead import Lookahead
 from strategies.naive import NoCache
 from strategies.paged import Paged
+from strategies.prompt_lookup import PromptLookup
 from strategies.quantized import QuantInt4, QuantInt8, QuantMixed
 from strategies.snapkv import SnapKV
+from strategies.speculative import Speculative
 from strategies.static import Static
 from strategies.step import StepDecoding
 from strategies.tova import TOVA
@@ -46,6 +50,11 @@ REGISTRY: dict[str, type[Strategy]] = {
     "h2o": H2O,
     "tova": TOVA,
     "keynorm": KeyNorm,
+    "speculative": Speculative,
+    "prompt-lookup": PromptLookup,
+    "lookahead": Lookahead,
+    "hf-assisted": HFAssisted,
+    "hf-prompt-lookup": HFPromptLookup,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 

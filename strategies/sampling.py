@@ -9,7 +9,7 @@ import torch
 
 @dataclass(frozen=True)
 class Sampling:
-    """temperature 0 means greedy (argmax); the filters apply only when sampling."""
+    """temperature 0 means greedy (argmax); the filters apply only when sampling, the repetition penalty always."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -49,28 +49,47 @@ class Sampling:
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed)
 
-    def probs(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
-        """The filtered next-token distribution [..., vocab] that sampling draws from (temperature > 0)."""
-        logits = logits.float()
-        if self.repetition_penalty != 1.0 and history is not None and history.numel():
-            seen = logits.gather(-1, history)
-            seen = torch.where(seen < 0, seen * self.repetition_penalty, seen / self.repetition_penalty)
-            logits = logits.scatter(-1, history, seen)
-        logits = logits / self.temperature
+    def penalize(self, logits: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """Repetition penalty (CTRL's rule, as transformers applies it, greedy included): every id seen in
+        ``history`` [..., n] has its logit divided by the penalty if positive, multiplied if negative."""
+        if self.repetition_penalty == 1.0 or history is None or not history.numel():
+            return logits
+        history = history.reshape(*logits.shape[:-1], -1)
+        seen = logits.gather(-1, history)
+        seen = torch.where(seen < 0, seen * self.repetition_penalty, seen / self.repetition_penalty)
+        return logits.scatter(-1, history, seen)
+
+    def filtered_logits(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits after repetition penalty, temperature, top-k, top-p, min-p (filtered ids at -inf), in the order
+        and with the tie rules of transformers' processors in ``generate``."""
+        logits = self.penalize(logits.float(), history) / self.temperature
         if self.top_k:
             kth = torch.topk(logits, min(self.top_k, logits.shape[-1])).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) >= self.top_p  # keep the smallest prefix reaching top_p
+        if self.top_p < 1.0:  # drop the low tail holding at most 1 - top_p of the mass; the top id always stays
+            ascending, order = torch.sort(logits, descending=False)
+            drop = ascending.softmax(-1).cumsum(-1) <= 1 - self.top_p
+            drop[..., -1:] = False
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        probs = logits.softmax(-1)
-        if self.min_p > 0:
-            floor = self.min_p * probs.max(-1, keepdim=True).values
-            probs = probs.masked_fill(probs < floor, 0.0)
-            probs = probs / probs.sum(-1, keepdim=True)
-        return probs
+        if self.min_p > 0:  # drop ids less likely than min_p times the most likely one
+            probs = logits.softmax(-1)
+            logits = logits.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), float("-inf"))
+        return logits
+
+    def probs(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """The filtered next-token distribution [..., vocab] that sampling draws from (temperature > 0)."""
+        return self.filtered_logits(logits, history).softmax(-1)
+
+    def distribution(
+        self, logits: torch.Tensor, history: torch.Tensor | None = None, banned: list[int] | None = None
+    ) -> torch.Tensor:
+        """What ``select`` draws from, as probabilities [..., vocab]: one-hot on the argmax under greedy.
+        Speculative verification compares these for the target and the draft."""
+        logits = ban(logits, banned)
+        if self.is_greedy:
+            best = self.penalize(logits.float(), history).argmax(-1, keepdim=True)
+            return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, best, 1.0)
+        return self.probs(logits, history)
 
     def select(
         self,
@@ -81,14 +100,24 @@ class Sampling:
     ) -> torch.Tensor:
         """Next token ids [...] from logits [..., vocab]; ``banned`` ids (EOS, so every run has the same length)
         are never chosen, as transformers' min_new_tokens does."""
-        if banned:
-            logits = logits.clone()
-            logits[..., banned] = float("-inf")
+        logits = ban(logits, banned)
         if self.is_greedy:
-            return logits.argmax(-1)
-        probs = self.probs(logits, history)
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+            return self.penalize(logits, history).argmax(-1)
+        return draw(self.probs(logits, history), generator)
+
+
+def ban(logits: torch.Tensor, banned: list[int] | None) -> torch.Tensor:
+    if not banned:
+        return logits
+    logits = logits.clone()
+    logits[..., banned] = float("-inf")
+    return logits
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One sample per row of ``probs`` [..., vocab] (torch.multinomial, as transformers' sampling does)."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 
 
 GREEDY = Sampling()

@@ -15,7 +15,8 @@ from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.registry import REGISTRY, StrategyError, compose, expand, parse_params, split
 
 # modules with no strategy of their own
-INFRA = {"base", "registry", "sampling", "block_pool", "kv_quant", "lean_forward", "eviction"}
+INFRA = {"base", "registry", "sampling", "block_pool", "kv_quant", "lean_forward", "eviction", "speculation",
+         "drafts"}
 
 
 def test_every_strategy_module_is_registered():
