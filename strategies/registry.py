@@ -15,6 +15,8 @@ from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.full import FullCache
 from strategies.hf_generate import HFGenerate
 from strategies.naive import NoCache
+from strategies.sequential import Sequential
+from strategies.static_batch import StaticBatch
 from strategies.step import StepDecoding
 
 REGISTRY: dict[str, type[Strategy]] = {
@@ -22,6 +24,8 @@ REGISTRY: dict[str, type[Strategy]] = {
     "full": FullCache,
     "step": StepDecoding,
     "hf-generate": HFGenerate,
+    "sequential": Sequential,
+    "static-batch": StaticBatch,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 
@@ -58,7 +62,8 @@ def split(spec: str) -> tuple[str, str | None]:
             raise StrategyError(f"{decoder!r} drives transformers' own cache and takes no cache strategy "
                                 f"(got {spec!r}); run it alone")
         return decoder, None
-    return decoder, caches[0] if caches else DEFAULT_CACHE
+    default = getattr(REGISTRY[decoder], "default_cache", DEFAULT_CACHE)
+    return decoder, caches[0] if caches else default
 
 
 def declared(name: str) -> dict[str, Any]:
