@@ -15,6 +15,7 @@ from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.full import FullCache
 from strategies.hf_generate import HFGenerate
 from strategies.naive import NoCache
+from strategies.paged import Paged
 from strategies.sequential import Sequential
 from strategies.static_batch import StaticBatch
 from strategies.step import StepDecoding
@@ -24,6 +25,7 @@ REGISTRY: dict[str, type[Strategy]] = {
     "full": FullCache,
     "step": StepDecoding,
     "hf-generate": HFGenerate,
+    "paged": Paged,
     "sequential": Sequential,
     "static-batch": StaticBatch,
 }

@@ -1,0 +1,60 @@
+"""paged: the block pool's allocator (ask, then act; reference counts), exact bytes, fragmentation, rollback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from strategies.block_pool import BlockPool, BlockTable, PoolExhausted
+from strategies.paged import Paged
+
+
+def test_pool_allocates_frees_and_shares_blocks():
+    pool = BlockPool(num_blocks=4, block_size=2, num_layers=3, kv_heads=2, head_dim=8)
+    assert pool.block_bytes == 2 * 3 * 2 * 2 * 8 * 4 and pool.reserved_bytes == 4 * pool.block_bytes
+    a = pool.allocate(3)
+    assert pool.num_used_blocks == 3 and pool.can_allocate(1) and not pool.can_allocate(2)
+    with pytest.raises(PoolExhausted, match="pool has 1 free blocks of 4; asked for 2"):
+        pool.allocate(2)
+    assert pool.num_free_blocks == 1  # a refused allocation changes nothing
+    pool.share(a[:1])  # a second sequence reuses the first block (a shared prefix)
+    pool.free(a)
+    assert pool.num_free_blocks == 3  # the shared block is still held once
+    pool.free(a[:1])
+    assert pool.num_free_blocks == 4
+    with pytest.raises(ValueError, match="already free"):
+        pool.free(a[:1])
+
+
+def test_several_block_tables_over_one_pool():
+    pool = BlockPool(num_blocks=5, block_size=4, num_layers=1, kv_heads=1, head_dim=2)
+    first, second = BlockTable(pool), BlockTable(pool)
+    first.grow(9)  # 3 blocks
+    assert first.table.dtype == torch.int32 and first.table.tolist() == first.ids and len(first.ids) == 3
+    assert second.can_hold(8) and not second.can_hold(9)
+    second.grow(8)
+    assert set(first.ids).isdisjoint(second.ids) and pool.num_free_blocks == 0
+    first.shrink(4)
+    assert len(first.ids) == 1 and pool.num_free_blocks == 2
+
+
+def test_paged_bytes_are_blocks_times_block_bytes_plus_table(tiny):
+    model, cfg = tiny.model, tiny.model.config
+    cache = Paged(block_size=4).new_cache(model, 1, 64)
+    ids = torch.randint(0, cfg.vocab_size, (1, 10))
+    with torch.inference_mode():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    block_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * 4 * head_dim * 4
+    assert cache.nbytes() == 3 * block_bytes + 3 * 4  # ceil(10 / 4) blocks + an int32 table of 3 entries
+    stats = cache.stats()
+    assert stats["blocks_used"] == 3 and stats["fragmentation_slots"] == 2 and stats["block_size"] == 4
+    assert stats["pool_bytes_reserved"] == 16 * block_bytes
+    cache.crop(-3)  # 7 tokens left: the third block is emptied and given back
+    assert cache.nbytes() == 2 * block_bytes + 2 * 4 and cache.pool.num_used_blocks == 2
+    assert cache.stats()["fragmentation_slots"] == 1
+
+
+def test_block_size_is_validated():
+    with pytest.raises(ValueError, match="block_size must be in 1..4096, got 0"):
+        Paged(block_size=0)
