@@ -12,10 +12,14 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from strategies.base import CacheStrategy, DecodingStrategy, Strategy
+from strategies.continuous import ContinuousBatching
 from strategies.full import FullCache
+from strategies.hf_batch import HFBatch
+from strategies.hf_continuous import HFContinuous
 from strategies.hf_generate import HFGenerate
 from strategies.naive import NoCache
 from strategies.paged import Paged
+from strategies.prefix_cache import PrefixCache
 from strategies.sequential import Sequential
 from strategies.static_batch import StaticBatch
 from strategies.step import StepDecoding
@@ -28,6 +32,10 @@ REGISTRY: dict[str, type[Strategy]] = {
     "paged": Paged,
     "sequential": Sequential,
     "static-batch": StaticBatch,
+    "continuous": ContinuousBatching,
+    "prefix-cache": PrefixCache,
+    "hf-batch": HFBatch,
+    "hf-continuous": HFContinuous,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 
@@ -64,8 +72,11 @@ def split(spec: str) -> tuple[str, str | None]:
             raise StrategyError(f"{decoder!r} drives transformers' own cache and takes no cache strategy "
                                 f"(got {spec!r}); run it alone")
         return decoder, None
-    default = getattr(REGISTRY[decoder], "default_cache", DEFAULT_CACHE)
-    return decoder, caches[0] if caches else default
+    cache = caches[0] if caches else getattr(REGISTRY[decoder], "default_cache", DEFAULT_CACHE)
+    allowed = getattr(REGISTRY[decoder], "allowed_caches", None)
+    if allowed and cache not in allowed:
+        raise StrategyError(f"{decoder!r} runs over {' or '.join(allowed)}, not {cache!r} (got {spec!r})")
+    return decoder, cache
 
 
 def declared(name: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """`sequential`: one request at a time, in arrival order, with the given cache (``full`` by default).
 
 It is the reference of every request workload: each request's greedy tokens from a batching or scheduling
-strategy must equal the ones ``sequential`` gives that request. Over ``paged`` or ``prefix-cache`` it is the
-continuous engine limited to one running request, so blocks (and cached prefixes) are reused across requests.
+strategy must equal the ones ``sequential`` gives that request. Over ``prefix-cache`` it is the
+continuous engine limited to one running request, so cached prefixes are reused across requests; over ``paged`` it
+is step decoding with a paged cache per request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ class Sequential(StepDecoding):
     summary = "one request at a time in arrival order (the request workloads' token reference)"
 
     def serve(self, model, new_cache, requests, sampling, emit, clock, cache=None):
-        if getattr(cache, "pages_blocks", False):
+        from strategies.prefix_cache import PrefixCache
+
+        if isinstance(cache, PrefixCache):
             from strategies.continuous import ContinuousBatching
 
             engine = ContinuousBatching(max_batch=1)

@@ -14,7 +14,8 @@ from strategies import registry
 from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.registry import REGISTRY, StrategyError, compose, expand, parse_params, split
 
-INFRA = {"base", "registry", "sampling", "block_pool", "requests", "scheduler", "paged_batch"}  # modules that hold no strategy of their own
+# modules that hold no strategy of their own
+INFRA = {"base", "registry", "sampling", "block_pool", "requests", "scheduler", "paged_batch"}
 
 
 def test_every_strategy_module_is_registered():
