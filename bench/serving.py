@@ -22,7 +22,7 @@ from bench.results import TIMED
 from strategies.requests import Request
 
 DEFAULT_SLO = "ttft_ms=2000,tpot_ms=150"  # a CPU-sized interactive target; override with --slo
-PROBE_REQUESTS = 8  # requests in the untimed warm-up pass that also reads the cache's real bytes
+PROBE_REQUESTS = 4  # requests in the untimed warm-up pass that also reads the cache's real bytes
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class HFContinuous(HFGenerate):
     name = "hf-continuous"
     lossless = True
     summary = "peer: transformers' continuous-batching manager (generate_batch's engine), requests added on arrival"
+    max_batch: int = 16  # requests per step, as `continuous`
+    num_blocks: int = 32  # of transformers' 256-token pages
+    max_batch_tokens: int = 1024
 
     def generate(self, model, new_cache, prompts, max_new_tokens, sampling, emit) -> list[list[int]]:
         requests = [Request(i, tuple(p), max_new_tokens) for i, p in enumerate(prompts)]
@@ -38,12 +41,15 @@ class HFContinuous(HFGenerate):
     @torch.inference_mode()
     def serve(self, model, new_cache, requests: list[Request], sampling, emit, clock, cache=None):
         from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         config = GenerationConfig(do_sample=not sampling.is_greedy, max_new_tokens=max(r.max_new_tokens
                                   for r in requests), eos_token_id=-1, pad_token_id=0)
         if not sampling.is_greedy:
             config.temperature, config.top_p = sampling.temperature, sampling.top_p
-        manager = model.init_continuous_batching(generation_config=config)
+        sizes = ContinuousBatchingConfig(num_blocks=self.num_blocks, max_batch_tokens=self.max_batch_tokens,
+                                         max_requests_per_batch=self.max_batch)  # else it sizes to 60% of RAM
+        manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=sizes)
         outputs: list[list[int]] = [[] for _ in requests]
         emitted = [0] * len(requests)
         pending = deque(sorted(requests, key=lambda r: (r.arrival_s, r.index)))
