@@ -65,6 +65,7 @@ class Cell:
     request_rate: float = math.inf  # request workloads only: arrivals (bench/requests.py) and SLO (bench/serving.py)
     burstiness: float = 1.0
     slo: str = ""
+    num_requests: int = 0  # request workloads: serve only the first N requests (0: all)
 
     @property
     def key(self) -> str:

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="request workloads: gamma shape of the gaps (1.0 = Poisson; <1 burstier)")
     run.add_argument("--slo", default="", metavar="ttft_ms=2000,tpot_ms=150",
                      help="request workloads: latency targets for goodput (requests meeting both, per second)")
+    run.add_argument("--num-requests", type=int, default=0, metavar="N",
+                     help="request workloads: serve only the first N requests (0: all; a short run on a slow machine)")
     run.add_argument("--no-reference", action="store_true", help="do not add naive when it is not listed")
     sub.add_parser("list", help="strategies with their parameters, workloads and models")
     report = sub.add_parser("report", help="re-render report.md from a run directory")
@@ -102,6 +104,8 @@ def build_cells(args: argparse.Namespace):
         from bench.serving import Slo
         arrival_offsets(1, args.request_rate, args.burstiness)
         Slo.parse(args.slo)
+        if args.num_requests < 0:
+            raise UsageError("--num-requests must be >= 0 (0: all requests)")
         from bench.models import DTYPES
         if args.dtype not in DTYPES:
             raise UsageError(f"unknown dtype {args.dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -125,7 +129,7 @@ def build_cells(args: argparse.Namespace):
     cells = [Cell(model=m, workload=w.name, strategy=spec, params=params, repeats=args.repeats, seed=args.seed,
                   dtype=args.dtype, device=args.device, threads=args.threads, sampling=args.sampling,
                   quality=not args.no_quality, request_rate=args.request_rate, burstiness=args.burstiness,
-                  slo=args.slo)
+                  slo=args.slo, num_requests=args.num_requests)
              for m in models for w in workloads for spec, params in grid]
     if not args.no_reference:
         cells = with_reference(cells)

@@ -161,6 +161,7 @@ def run_serving(cell, comp, loaded, workload, sampling) -> tuple[dict[str, Any],
     """The timed part of a request-workload cell: (row figures, spreads, samples, tokens of the last repeat)."""
     model = loaded.model
     requests = workload.requests(loaded.tokenizer, cell.request_rate, cell.burstiness, cell.seed)
+    requests = requests[: cell.num_requests] if cell.num_requests else requests
     slo = Slo.parse(cell.slo)
 
     def new_cache(batch: int, max_len: int):

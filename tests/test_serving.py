@@ -167,3 +167,29 @@ def test_serving_metrics_are_relative_to_arrival():
     assert Slo.parse("ttft_ms=100") == Slo(100, math.inf)
     with pytest.raises(ValueError, match="allowed: ttft_ms, tpot_ms"):
         Slo.parse("latency=3")
+
+
+def test_cli_serves_a_request_workload_end_to_end(tmp_path):
+    """The real CLI on a tiny random model: sequential is added as the token reference, the prefix cache hits on
+    the shared system prompt, the serving columns and the serving table are written."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "random:tiny-llama", "--workload",
+                           "shared-prefix", "--strategies", "continuous+prefix-cache", "--request-rate", "50",
+                           "--slo", "ttft_ms=60000,tpot_ms=60000", "--repeats", "1", "--no-quality",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["strategy"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
+    assert list(rows) == ["sequential", "continuous+prefix-cache"]
+    row = rows["continuous+prefix-cache"]
+    assert row["status"] == "ok" and row["greedy_agreement"] == "1" and row["num_requests"] == "16"
+    assert float(row["prefix_hit_rate"]) > 0.5  # ~90% of every prompt is the shared system prompt
+    assert float(row["goodput_rps"]) == float(row["request_throughput_rps"]) > 0  # generous SLO: all meet it
+    for column in ("ttft_p99_ms", "tpot_p90_ms", "itl_p50_ms", "e2e_mean_ms", "output_tokens_per_s",
+                   "total_tokens_per_s", "peak_blocks_used", "block_utilisation", "preemptions", "cache_bytes_peak"):
+        assert row[column] != "", column
+    assert "Serving (16 requests, rate 50.0/s" in (tmp_path / "report.md").read_text()
