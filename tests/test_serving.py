@@ -79,8 +79,8 @@ def test_each_request_gets_exactly_the_sequential_tokens(smol, requests, referen
 
 
 def test_preemption_then_resumption_gives_identical_tokens(smol, requests, reference):
-    # The first 5 requests, 8-token blocks: the longest fits the pool alone, four at once do not.
-    first = requests[:5]
+    # The first 5 requests, all at t=0, 8-token blocks: the longest fits the pool alone, four at once do not.
+    first = [Request(r.index, r.prompt, r.max_new_tokens, 0.0) for r in requests[:5]]
     num_blocks = max(-(-(len(r.prompt) + r.max_new_tokens - 1) // 8) for r in first) + 1
     tokens, figures, failures = serve(smol.model, "continuous", first,
                                       {"continuous": {"max_batch": 4, "block_size": 8, "num_blocks": num_blocks}})
@@ -178,7 +178,8 @@ def test_cli_serves_a_request_workload_end_to_end(tmp_path):
     from pathlib import Path
 
     done = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "random:tiny-llama", "--workload",
-                           "shared-prefix", "--strategies", "continuous+prefix-cache", "--request-rate", "50",
+                           "shared-prefix", "--num-requests", "4", "--strategies", "continuous+prefix-cache",
+                           "--request-rate", "50",
                            "--slo", "ttft_ms=60000,tpot_ms=60000", "--repeats", "1", "--no-quality",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parent.parent)
@@ -186,10 +187,10 @@ def test_cli_serves_a_request_workload_end_to_end(tmp_path):
     rows = {r["strategy"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
     assert list(rows) == ["sequential", "continuous+prefix-cache"]
     row = rows["continuous+prefix-cache"]
-    assert row["status"] == "ok" and row["greedy_agreement"] == "1" and row["num_requests"] == "16"
+    assert row["status"] == "ok" and row["greedy_agreement"] == "1" and row["num_requests"] == "4"
     assert float(row["prefix_hit_rate"]) > 0.5  # ~90% of every prompt is the shared system prompt
     assert float(row["goodput_rps"]) == float(row["request_throughput_rps"]) > 0  # generous SLO: all meet it
     for column in ("ttft_p99_ms", "tpot_p90_ms", "itl_p50_ms", "e2e_mean_ms", "output_tokens_per_s",
                    "total_tokens_per_s", "peak_blocks_used", "block_utilisation", "preemptions", "cache_bytes_peak"):
         assert row[column] != "", column
-    assert "Serving (16 requests, rate 50.0/s" in (tmp_path / "report.md").read_text()
+    assert "Serving (4 requests, rate 50.0/s" in (tmp_path / "report.md").read_text()
