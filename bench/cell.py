@@ -32,6 +32,16 @@ from strategies.registry import compose, params_label
 from strategies.sampling import Sampling
 
 REFERENCE = "naive"
+SERVING_REFERENCE = "sequential"  # request workloads: full cache, one request at a time (itself exact vs naive)
+
+
+def reference_for(workload: str) -> str:
+    """The strategy whose tokens a workload's quality columns compare with."""
+    try:
+        is_requests = getattr(get_workload(workload), "is_request_workload", False)
+    except ValueError:
+        return REFERENCE
+    return SERVING_REFERENCE if is_requests else REFERENCE
 
 
 @dataclass
@@ -48,6 +58,10 @@ class Cell:
     sampling: str = ""
     out_dir: str = "."
     quality: bool = True
+    request_rate: float = math.inf  # request workloads only: arrivals (bench/requests.py) and SLO (bench/serving.py)
+    burstiness: float = 1.0
+    slo: str = ""
+    num_requests: int = 0  # request workloads: serve only the first N requests (0: all)
 
     @property
     def key(self) -> str:
@@ -55,7 +69,7 @@ class Cell:
 
     @property
     def is_reference(self) -> bool:
-        return self.strategy == REFERENCE
+        return self.strategy == reference_for(self.workload)
 
     def reference_path(self) -> Path:
         safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{self.model}__{self.workload}")
@@ -155,6 +169,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     rss_after_load = peak_rss_mb()
     if comp.cache is not None and (reason := comp.cache.supports(model)):
         raise Unsupported(f"{comp.cache.name} does not support {cell.model}: {reason}")
+    if getattr(workload, "is_request_workload", False):
+        return run_request_cell(cell, comp, loaded, workload, sampling, row, rss_after_load)
     prompts = workload.prompts(loaded.tokenizer)
     if cell.is_reference and workload.reference_prompts:
         prompts = prompts[: workload.reference_prompts]
@@ -195,14 +211,39 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     return {"row": row, "spread": spreads, "samples": samples}
 
 
-def quality(cell: Cell, comp, loaded, workload, tokens: list[list[int]]) -> dict[str, Any]:
-    """Agreement with naive's greedy tokens, perplexity through this strategy's cache path, KL vs naive."""
+def run_request_cell(cell: Cell, comp, loaded, workload, sampling, row, rss_after_load) -> dict[str, Any]:
+    """A request workload (arrivals, many requests): measured by bench/serving.py; quality as for any cell, with
+    ``sequential`` as the token reference."""
+    from bench.serving import run_serving
+
+    reset_cuda_peaks(cell.device)
+    figures, spreads, samples, tokens = run_serving(cell, comp, loaded, workload, sampling)
+    row.update(figures)
+    row.update(cuda_memory(cell.device))
+    if cell.quality or cell.is_reference:
+        row.update(quality(cell, comp, loaded, workload, tokens, with_ppl=cell.quality))
+    row["peak_rss_mb"] = peak_rss_mb()
+    row["rss_over_model_mb"] = row["peak_rss_mb"] - rss_after_load
+    row["status"], row["error"] = "ok", ""
+    if comp.lossless and sampling.is_greedy and row.get("greedy_agreement", 1.0) < 1.0:
+        row["status"] = "failed"
+        row["error"] = (f"lossless strategy diverged from {SERVING_REFERENCE}'s greedy tokens at position "
+                        f"{row['first_divergence']}")
+    samples["itl_ms"] = samples["itl_ms"][:2000]
+    return {"row": row, "spread": spreads, "samples": samples}
+
+
+def quality(cell: Cell, comp, loaded, workload, tokens: list[list[int]], with_ppl: bool = True) -> dict[str, Any]:
+    """Agreement with the reference's greedy tokens (naive's; sequential's on request workloads), perplexity
+    through this strategy's cache path, KL vs the reference."""
     model = loaded.model
     context, continuation = workload.quality_text(loaded.tokenizer)
 
     def new_cache(batch: int, max_len: int):
         return comp.cache.new_cache(model, batch, max_len) if comp.cache else None
 
+    if not with_ppl:  # tokens only: save them as the reference, or compare with it
+        return token_agreement(cell, tokens)
     logprobs = comp.decoder.score(model, new_cache, context, continuation).float().cpu()
     out: dict[str, Any] = {"ppl": perplexity(logprobs, continuation)}
     path = cell.reference_path()
@@ -217,8 +258,27 @@ def quality(cell: Cell, comp, loaded, workload, tokens: list[list[int]]) -> dict
     ref = torch.load(path)
     n = len(ref["tokens"])
     out["greedy_agreement"], out["first_divergence"] = agreement(ref["tokens"], tokens[:n])
-    out["ppl_delta_pct"] = 100 * (out["ppl"] - ref["ppl"]) / ref["ppl"]
-    out["kl_vs_naive"] = max(0.0, mean_kl(ref["logprobs"], logprobs))
+    if "logprobs" in ref:  # a reference saved without quality scoring holds tokens only
+        out["ppl_delta_pct"] = 100 * (out["ppl"] - ref["ppl"]) / ref["ppl"]
+        out["kl_vs_naive"] = max(0.0, mean_kl(ref["logprobs"], logprobs))
+    if math.isnan(out["greedy_agreement"]):
+        out.pop("greedy_agreement")
+    return out
+
+
+def token_agreement(cell: Cell, tokens: list[list[int]]) -> dict[str, Any]:
+    path = cell.reference_path()
+    if cell.is_reference:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"tokens": tokens}, tmp)
+        os.replace(tmp, path)
+        return {"greedy_agreement": 1.0, "first_divergence": -1}
+    if not path.exists():
+        return {}
+    ref = torch.load(path)
+    out: dict[str, Any] = {}
+    out["greedy_agreement"], out["first_divergence"] = agreement(ref["tokens"], tokens[: len(ref["tokens"])])
     if math.isnan(out["greedy_agreement"]):
         out.pop("greedy_agreement")
     return out

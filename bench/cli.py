@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   kvbench run --model random:smollm2-135m --workload chat-short --strategies full
   kvbench run --strategies full --param full.x=1,2   # one row per value of a parameter
   kvbench run --resume --out reports/my-run          # finish an interrupted run
+  kvbench run --workload mixed-chat --strategies sequential,static-batch,continuous --request-rate 4 --repeats 1
   kvbench list                                   # strategies, parameters, workloads, models
   kvbench report reports/latest                  # re-render report.md from results.json
 """
@@ -52,6 +53,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--resume", action="store_true", help="run only the cells of --out not yet ok")
     run.add_argument("--cell-timeout", type=float, default=None, help="seconds before a cell is killed")
     run.add_argument("--no-quality", action="store_true", help="skip perplexity/KL scoring")
+    run.add_argument("--request-rate", type=float, default=float("inf"), metavar="R",
+                     help="request workloads: arrivals per second (inf: all at t=0), gamma-distributed gaps")
+    run.add_argument("--burstiness", type=float, default=1.0,
+                     help="request workloads: gamma shape of the gaps (1.0 = Poisson; <1 burstier)")
+    run.add_argument("--slo", default="", metavar="ttft_ms=2000,tpot_ms=150",
+                     help="request workloads: latency targets for goodput (requests meeting both, per second)")
+    run.add_argument("--num-requests", type=int, default=0, metavar="N",
+                     help="request workloads: serve only the first N requests (0: all; a short run on a slow machine)")
     run.add_argument("--no-reference", action="store_true", help="do not add naive when it is not listed")
     sub.add_parser("list", help="strategies with their parameters, workloads and models")
     report = sub.add_parser("report", help="re-render report.md from a run directory")
@@ -61,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def cmd_list() -> int:
     from bench.models import EMBEDDED, RANDOM_SHAPES
-    from bench.workloads import WORKLOADS
+    from bench.workloads import all_workloads
     from strategies.registry import REGISTRY, declared
 
     print("strategies (compose as decoder+cache; a bare cache runs under 'step', a bare decoder over 'full'):")
@@ -70,7 +79,7 @@ def cmd_list() -> int:
         flag = "lossless" if cls.lossless else "lossy"
         print(f"  {name:22s} {cls.kind:8s} {flag:8s} {cls.summary}  [{params}]")
     print("workloads:")
-    for w in WORKLOADS.values():
+    for w in all_workloads().values():
         print(f"  {w.name:22s} {w.description}")
     print(f"models: {EMBEDDED} (embedded, default), random:<{'|'.join(RANDOM_SHAPES)}>, a local HF dir, a hub id")
     return 0
@@ -92,6 +101,12 @@ def build_cells(args: argparse.Namespace):
         grid = [(spec, params) for spec in specs for params in expand(spec, sweeps)]
         workloads = [get_workload(w.strip()) for w in args.workload.split(",") if w.strip()]
         Sampling.parse(args.sampling)
+        from bench.requests import arrival_offsets
+        from bench.serving import Slo
+        arrival_offsets(1, args.request_rate, args.burstiness)
+        Slo.parse(args.slo)
+        if args.num_requests < 0:
+            raise UsageError("--num-requests must be >= 0 (0: all requests)")
         from bench.models import DTYPES
         if args.dtype not in DTYPES:
             raise UsageError(f"unknown dtype {args.dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -114,7 +129,8 @@ def build_cells(args: argparse.Namespace):
                                  f"more than {model}'s context of {limit}; pick a shorter workload")
     cells = [Cell(model=m, workload=w.name, strategy=spec, params=params, repeats=args.repeats, seed=args.seed,
                   dtype=args.dtype, device=args.device, threads=args.threads, sampling=args.sampling,
-                  quality=not args.no_quality)
+                  quality=not args.no_quality, request_rate=args.request_rate, burstiness=args.burstiness,
+                  slo=args.slo, num_requests=args.num_requests)
              for m in models for w in workloads for spec, params in grid]
     if not args.no_reference:
         cells = with_reference(cells)

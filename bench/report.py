@@ -20,6 +20,18 @@ TABLE = [
     ("ppl", "ppl", "{:.3f}"), ("ppl_delta_pct", "Δppl %", "{:+.2f}"), ("kl_vs_naive", "KL nats", "{:.4f}"),
     ("greedy_agreement", "greedy agree", "{:.3f}"), ("first_divergence", "1st diverge", "{}"),
 ]
+# Request workloads (bench/serving.py): latencies from each request's arrival, goodput under the SLO.
+SERVING_TABLE = [
+    ("strategy", "strategy", "{}"), ("params", "params", "{}"), ("status", "status", "{}"),
+    ("output_tokens_per_s", "out tok/s", "{:.1f}"), ("total_tokens_per_s", "total tok/s", "{:.1f}"),
+    ("request_throughput_rps", "req/s", "{:.2f}"), ("goodput_rps", "goodput req/s", "{:.2f}"),
+    ("ttft_p50_ms", "TTFT p50 ms", "{:.0f}"), ("ttft_p99_ms", "TTFT p99 ms", "{:.0f}"),
+    ("tpot_p50_ms", "TPOT p50 ms", "{:.1f}"), ("itl_p99_ms", "ITL p99 ms", "{:.1f}"),
+    ("e2e_p50_ms", "E2E p50 ms", "{:.0f}"), ("peak_blocks_used", "peak blocks", "{}"),
+    ("block_utilisation", "block util", "{:.2f}"), ("preemptions", "preempt", "{}"),
+    ("prefix_hit_rate", "prefix hit", "{:.2f}"), ("cache_bytes_peak", "cache peak MiB", "mib"),
+    ("greedy_agreement", "greedy agree", "{:.3f}"),
+]
 
 
 def fmt(value: Any, spec: str) -> str:
@@ -52,6 +64,11 @@ def render(data: dict[str, Any]) -> str:
     for (model, workload), group in groups.items():
         group.sort(key=lambda r: (r["strategy"] != "naive", r["strategy"], r.get("params", "")))
         out += [f"## {model} · {workload}", "", markdown_table(group, TABLE), ""]
+        if any("goodput_rps" in r for r in group):
+            r0 = next(r for r in group if "goodput_rps" in r)
+            out += [f"Serving ({r0.get('num_requests')} requests, rate {r0.get('request_rate')}/s, burstiness "
+                    f"{r0.get('burstiness')}, SLO {r0.get('slo')}; latencies from each request's arrival):", "",
+                    markdown_table(group, SERVING_TABLE), ""]
         unstable = [f"{r['strategy']} {r['params']}".strip() for r in group
                     if spread.get(row_key(r), {}).get("tokens_per_s", {}).get("cv", 0) >= UNSTABLE_CV]
         if unstable:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import env
-from bench.cell import REFERENCE, Cell
+from bench.cell import REFERENCE, Cell, reference_for
 from bench.report import write_report
 from bench.results import append_jsonl, atomic_write, read_jsonl, row_key, write_run
 
@@ -150,5 +150,5 @@ def with_reference(cells: list[Cell]) -> list[Cell]:
     for c in cells:
         if (c.model, c.workload) not in have:
             have.add((c.model, c.workload))
-            extra.append(replace(c, strategy=REFERENCE, params={}, repeats=1))
+            extra.append(replace(c, strategy=reference_for(c.workload), params={}, repeats=1))
     return extra + cells

@@ -128,10 +128,18 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 
+def all_workloads() -> dict:
+    """Single-prompt workloads and request workloads (bench/requests.py, which builds on this module)."""
+    from bench.requests import REQUEST_WORKLOADS
+
+    return {**WORKLOADS, **REQUEST_WORKLOADS}
+
+
 def get_workload(name: str) -> Workload:
-    if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r}; allowed: {', '.join(WORKLOADS)}")
-    return WORKLOADS[name]
+    known = all_workloads()
+    if name not in known:
+        raise ValueError(f"unknown workload {name!r}; allowed: {', '.join(known)}")
+    return known[name]
 
 
 PromptBuilder = Callable[[PreTrainedTokenizerBase], list[list[int]]]

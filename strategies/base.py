@@ -113,6 +113,7 @@ class CacheStrategy(Strategy):
 class DecodingStrategy(Strategy):
     kind: ClassVar[str] = "decoding"
     takes_cache: ClassVar[bool] = True  # peers that drive transformers' own caches set False
+    default_cache: ClassVar[str] = "full"  # the cache a bare decoder name runs over
 
     def generate(
         self,
@@ -135,6 +136,15 @@ class DecodingStrategy(Strategy):
         from strategies.step import score_through_cache
 
         return score_through_cache(model, new_cache, prompt_ids, continuation_ids)
+
+    def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list, sampling: Any, emit: Emit,
+              clock: Any, cache: CacheStrategy | None = None) -> list[list[int]]:
+        """Serve a request workload (``strategies.requests.Request`` with arrival offsets); tokens per request.
+        The default serves one request after another in arrival order; schedulers override it. ``cache`` is the
+        cache strategy itself, for engines that manage their own memory (block pools, prefix caching)."""
+        from strategies.requests import serve_one_by_one
+
+        return serve_one_by_one(self, model, new_cache, requests, sampling, emit, clock)
 
     def stats(self) -> dict[str, Any]:
         """Figures of the last ``generate`` call merged into the row (acceptance rate, target forwards...)."""

@@ -75,6 +75,14 @@ class BlockPool:
                 raise ValueError(f"block {i} is free; only allocated blocks can be shared")
             self.ref_counts[i] += 1
 
+    def hold(self, ids: list[int]) -> None:
+        """One more holder for each of ``ids``, taking free ones back off the free list: a prefix cache reusing
+        blocks that no sequence holds any more but that still cache a prefix (added for the prefix cache)."""
+        for i in ids:
+            if self.ref_counts[i] == 0:
+                self.free_ids.remove(i)
+            self.ref_counts[i] += 1
+
     def free(self, ids: list[int]) -> None:
         """Drop one holder of each of ``ids``; blocks nobody holds go back to the free list."""
         for i in ids:

@@ -13,20 +13,26 @@ from typing import Any
 
 from strategies.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.chunk_summary import ChunkSummary
+from strategies.continuous import ContinuousBatching
 from strategies.full import FullCache
 from strategies.h2o import H2O
 from strategies.hf_assisted import HFAssisted, HFPromptLookup
+from strategies.hf_batch import HFBatch
 from strategies.hf_caches import HFQuantized, HFStatic
+from strategies.hf_continuous import HFContinuous
 from strategies.hf_generate import HFGenerate
 from strategies.keynorm import KeyNorm
 from strategies.lookahead import Lookahead
 from strategies.naive import NoCache
 from strategies.paged import Paged
+from strategies.prefix_cache import PrefixCache
 from strategies.prompt_lookup import PromptLookup
 from strategies.quantized import QuantInt4, QuantInt8, QuantMixed
+from strategies.sequential import Sequential
 from strategies.snapkv import SnapKV
 from strategies.speculative import Speculative
 from strategies.static import Static
+from strategies.static_batch import StaticBatch
 from strategies.step import StepDecoding
 from strategies.tova import TOVA
 from strategies.window import Sinks, SlidingWindow
@@ -55,6 +61,12 @@ REGISTRY: dict[str, type[Strategy]] = {
     "lookahead": Lookahead,
     "hf-assisted": HFAssisted,
     "hf-prompt-lookup": HFPromptLookup,
+    "sequential": Sequential,
+    "static-batch": StaticBatch,
+    "continuous": ContinuousBatching,
+    "prefix-cache": PrefixCache,
+    "hf-batch": HFBatch,
+    "hf-continuous": HFContinuous,
 }
 DEFAULT_DECODER, DEFAULT_CACHE = "step", "full"
 
@@ -91,7 +103,11 @@ def split(spec: str) -> tuple[str, str | None]:
             raise StrategyError(f"{decoder!r} drives transformers' own cache and takes no cache strategy "
                                 f"(got {spec!r}); run it alone")
         return decoder, None
-    return decoder, caches[0] if caches else DEFAULT_CACHE
+    cache = caches[0] if caches else getattr(REGISTRY[decoder], "default_cache", DEFAULT_CACHE)
+    allowed = getattr(REGISTRY[decoder], "allowed_caches", None)
+    if allowed and cache not in allowed:
+        raise StrategyError(f"{decoder!r} runs over {' or '.join(allowed)}, not {cache!r} (got {spec!r})")
+    return decoder, cache
 
 
 def declared(name: str) -> dict[str, Any]:
