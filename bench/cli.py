@@ -1,4 +1,4 @@
-"""The `kvbench` command line: run, list, report (compare and history come with regression tracking)."""
+"""The `kvbench` command line: run, list, report, compare, history."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   kvbench run --resume --out reports/my-run          # finish an interrupted run
   kvbench list                                   # strategies, parameters, workloads, models
   kvbench report reports/latest                  # re-render report.md from results.json
+  kvbench compare reports/baseline reports/latest  # judge a run against the baseline (exit 1: regression)
 """
 DEFAULT_STRATEGIES = "naive,full,hf-generate"
 DEFAULT_WORKLOADS = "chat-short,long-context"
@@ -55,6 +56,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("list", help="strategies with their parameters, workloads and models")
     report = sub.add_parser("report", help="re-render report.md from a run directory")
     report.add_argument("run_dir", type=Path)
+    comp = sub.add_parser("compare", help="judge CURRENT against BASELINE (exit 0 pass, 1 regression, "
+                          "2 bad input, 3 failed cells in CURRENT)")
+    comp.add_argument("baseline", type=Path, help="run directory or results.json")
+    comp.add_argument("current", type=Path, help="run directory or results.json")
+    comp.add_argument("--quality-tol", type=float, default=0.01,
+                      help="allowed quality loss: ppl ×(1+tol), Δppl 100·tol pp, KL tol nats, agreement tol")
+    comp.add_argument("--ratio-tol", type=float, default=0.10, help="allowed drop of within-run ratios (0.10: 10%%)")
+    comp.add_argument("--p-threshold", type=float, default=0.002, help="Mann-Whitney U significance for timings")
+    comp.add_argument("--min-factor", type=float, default=1.1, help="smallest timing change that counts (×)")
+    comp.add_argument("--gate-absolute", action="store_true", help="let timings and memory fail the comparison")
+    comp.add_argument("--strict", action="store_true", help="'insufficient data' on a gating metric fails")
+    comp.add_argument("--markdown", type=Path, help="also write the comparison as Markdown to this file")
     return parser.parse_args(argv)
 
 
@@ -181,6 +194,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import Options, compare_paths, print_rich, to_markdown
+
+    if args.quality_tol < 0 or not 0 <= args.ratio_tol < 1 or args.min_factor < 1 or not 0 < args.p_threshold < 1:
+        raise UsageError("need --quality-tol >= 0, 0 <= --ratio-tol < 1, --min-factor >= 1, 0 < --p-threshold < 1")
+    options = Options(quality_tol=args.quality_tol, ratio_tol=args.ratio_tol, p_threshold=args.p_threshold,
+                      min_factor=args.min_factor, gate_absolute=args.gate_absolute, strict=args.strict)
+    result = compare_paths(args.baseline, args.current, options)
+    print_rich(result)
+    if args.markdown:
+        from bench.results import atomic_write
+
+        atomic_write(args.markdown, to_markdown(result))
+    return result.exit_code()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
@@ -191,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list()
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_run(args)
     except (UsageError, ResultsError) as e:
         print(f"kvbench: error: {e}", file=sys.stderr)
