@@ -18,9 +18,11 @@ EXAMPLES = """examples:
   kvbench list                                   # strategies, parameters, workloads, models
   kvbench report reports/latest                  # re-render report.md from results.json
   kvbench compare reports/baseline reports/latest  # judge a run against the baseline (exit 1: regression)
+  kvbench history --metric tokens_per_s          # plot reports/history.csv over git revisions (PNG)
 """
 DEFAULT_STRATEGIES = "naive,full,hf-generate"
 DEFAULT_WORKLOADS = "chat-short,long-context"
+HISTORY = Path("reports") / "history.csv"
 
 
 class UsageError(Exception):
@@ -53,6 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--cell-timeout", type=float, default=None, help="seconds before a cell is killed")
     run.add_argument("--no-quality", action="store_true", help="skip perplexity/KL scoring")
     run.add_argument("--no-reference", action="store_true", help="do not add naive when it is not listed")
+    run.add_argument("--history", type=Path, default=None,
+                     help=f"append one summary row per cell to this CSV (default {HISTORY} when --out is under "
+                          "reports/)")
+    run.add_argument("--no-history", action="store_true", help="append nothing to the history CSV")
     sub.add_parser("list", help="strategies with their parameters, workloads and models")
     report = sub.add_parser("report", help="re-render report.md from a run directory")
     report.add_argument("run_dir", type=Path)
@@ -68,6 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     comp.add_argument("--gate-absolute", action="store_true", help="let timings and memory fail the comparison")
     comp.add_argument("--strict", action="store_true", help="'insufficient data' on a gating metric fails")
     comp.add_argument("--markdown", type=Path, help="also write the comparison as Markdown to this file")
+    hist = sub.add_parser("history", help=f"plot a metric over git revisions from {HISTORY}")
+    hist.add_argument("--file", type=Path, default=HISTORY, help=f"history CSV (default {HISTORY})")
+    hist.add_argument("--metric", default="tokens_per_s", help="a column of the history (default tokens_per_s)")
+    hist.add_argument("--workload", help="only this workload")
+    hist.add_argument("--out", type=Path, help="PNG to write (default reports/history-<metric>.png)")
     return parser.parse_args(argv)
 
 
@@ -168,8 +179,38 @@ def cmd_run(args: argparse.Namespace) -> int:
             latest.unlink()
         latest.symlink_to(out.name)
     print(f"wrote {out}/results.csv, results.json, report.md")
+    history = history_path(args, out)
+    if history and rows:
+        from bench.env import git_rev
+        from bench.history import append_history
+
+        append_history(history, rows, git_rev(), run_id)
+        print(f"appended {len(rows)} rows to {history}")
     failed = [r for r in rows if r.get("status") == "failed"]
     return 1 if failed or not rows else 0
+
+
+def history_path(args: argparse.Namespace, out: Path) -> Path | None:
+    """Runs into reports/ (make benchmark, make regress) keep a history; runs elsewhere only when asked."""
+    if args.no_history:
+        return None
+    if args.history:
+        return args.history
+    inside = Path("reports").resolve() in out.resolve().parents
+    return HISTORY if inside else None
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from bench.history import plot_history, read_history
+
+    if args.out is not None and args.out.suffix.lower() != ".png":
+        raise UsageError(f"--out {args.out} must be a .png file")
+    out = args.out or Path("reports") / f"history-{args.metric}.png"
+    rows = read_history(args.file)
+    if rows and args.metric not in rows[0]:
+        raise UsageError(f"unknown metric {args.metric!r}; the history has: {', '.join(list(rows[0])[7:])}")
+    print(plot_history(rows, args.metric, out, args.workload))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -222,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "history":
+            return cmd_history(args)
         return cmd_run(args)
     except (UsageError, ResultsError) as e:
         print(f"kvbench: error: {e}", file=sys.stderr)
