@@ -125,7 +125,16 @@ def judge_absolute(m: Metric, base: list[float], cur: list[float], opt: Options)
     return ("improved" if factor > 1 else "regression"), f"p={p:.3g}"
 
 
-def judge(m: Metric, b: float, c: float, opt: Options, spread: tuple[list, list]) -> tuple[str, str]:
+def ratio_range(cell: dict, reference: dict, value: float) -> tuple[float, float]:
+    """Lowest and highest speedup the repeats allow: cell's slowest / reference's fastest, and the reverse."""
+    s, r = (x.get("tokens_per_s", {}).get("values") or [] for x in (cell, reference))
+    if not s or not r or min(r) <= 0 or min(s) <= 0:
+        return value, value  # no spread recorded: the tolerance alone decides
+    return min(s) / max(r), max(s) / min(r)
+
+
+def judge(m: Metric, b: float, c: float, opt: Options, spread: tuple) -> tuple[str, str]:
+    """``spread``: (baseline, current) repeat values for absolute metrics, (low, high) ranges for ratios."""
     if m.kind == EXACT:
         return ("same", "") if math.isclose(b, c, rel_tol=1e-9, abs_tol=1e-12) else ("changed", "")
     if m.kind == QUALITY:
@@ -138,14 +147,19 @@ def judge(m: Metric, b: float, c: float, opt: Options, spread: tuple[list, list]
         factor = better_ratio(m, b, c)
         if math.isnan(factor) or abs(factor - 1) <= opt.ratio_tol:
             return "same", ""
+        (b_lo, b_hi), (c_lo, c_hi) = spread
+        if (c_hi >= b_lo) if factor < 1 else (c_lo <= b_hi):  # the repeats' own spread explains the move
+            return "within noise", f"beyond {opt.ratio_tol:.0%}, but the repeat ranges overlap"
         return ("regression" if factor < 1 else "improved"), f"tolerance {opt.ratio_tol:.0%}"
     if m.kind == ABSOLUTE:
         return judge_absolute(m, spread[0] or [b], spread[1] or [c], opt)
     return "info", ""
 
 
-def compare_cell(key: str, brow: dict, crow: dict, bspread: dict, cspread: dict, comparable: bool,
+def compare_cell(key: str, brow: dict, crow: dict, spreads: tuple[dict, dict, dict, dict], comparable: bool,
                  opt: Options) -> CellResult:
+    """``spreads``: this cell's baseline and current spread, then its naive reference's (for speedup ranges)."""
+    bspread, cspread, bref, cref = spreads
     cell = CellResult(key, "both")
     settings = [f"{k} {brow.get(k)}→{crow.get(k)}" for k in CELL_SETTINGS if str(brow.get(k)) != str(crow.get(k))]
     comparable = comparable and not settings
@@ -173,6 +187,9 @@ def compare_cell(key: str, brow: dict, crow: dict, bspread: dict, cspread: dict,
             cell.lines.append(Line(m, b, c, "not comparable", "different environment or settings"))
             continue
         values = (bspread.get(name, {}).get("values") or [], cspread.get(name, {}).get("values") or [])
+        if m.kind == RATIO:  # only speedup_vs_naive has the spread of both its terms
+            values = ((b, b), (c, c)) if name != "speedup_vs_naive" else \
+                (ratio_range(bspread, bref, b), ratio_range(cspread, cref, c))
         verdict, note = judge(m, b, c, opt, values)
         cell.lines.append(Line(m, b, c, verdict, note))
     cell.lines.sort(key=lambda line: (line.metric.name != "status", ORDER[line.metric.kind]))
@@ -192,8 +209,9 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], opt: Options | No
         elif key not in brows:
             cells.append(CellResult(key, "current-only", note="not in the baseline (refresh it: make baseline)"))
         else:
-            cells.append(compare_cell(key, brows[key], crows[key], baseline.get("spread", {}).get(key, {}),
-                                      current.get("spread", {}).get(key, {}), not env_diff, opt))
+            ref = "|".join([*key.split("|")[:2], "naive", ""])
+            spreads = tuple(data.get("spread", {}).get(k, {}) for k in (key, ref) for data in (baseline, current))
+            cells.append(compare_cell(key, brows[key], crows[key], spreads, not env_diff, opt))
     failed = [k for k, r in crows.items() if r.get("status") == "failed"]
     if not any(r.get("status") == "ok" for r in crows.values()):
         failed = failed or list(crows)  # a run that measured nothing never passes
@@ -209,7 +227,8 @@ def compare_paths(baseline: Path, current: Path, opt: Options | None = None) -> 
 HEADER = ("metric [unit]", "kind", "baseline", "current", "change", "× better", "verdict")
 ORDER = {EXACT: 0, QUALITY: 1, RATIO: 2, ABSOLUTE: 3, INFO: 4}  # what gates first
 COLOURS = {"regression": "bold red", "changed": "bold red", "missing": "bold red", "baseline-only": "bold red",
-           "improved": "green", "insufficient data": "yellow", "not comparable": "yellow", "same": "dim"}
+           "improved": "green", "insufficient data": "yellow", "not comparable": "yellow", "within noise": "yellow",
+           "same": "dim"}
 
 
 def show(v: Any, m: Metric) -> str:

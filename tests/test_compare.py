@@ -168,3 +168,18 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path):
         done = kvbench("compare", str(good), str(bad))
         lines = done.stderr.strip().splitlines()
         assert done.returncode == BAD_INPUT and len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_speedup_drop_within_the_repeats_own_noise_is_not_a_regression():
+    naive = row("naive", cache_bytes=0, speedup_vs_naive=1.0)
+
+    def with_spread(data, full, ref):
+        data["spread"] = {KEY: {"tokens_per_s": {"values": full}}, "m|smoke|naive|": {"tokens_per_s": {"values": ref}}}
+        return data
+
+    base = with_spread(run(naive, row()), [190, 200, 210], [95, 100, 105])  # speedup 2.0, range 1.81..2.21
+    noisy = with_spread(run(naive, row(speedup_vs_naive=1.6)), [120, 160, 200], [90, 100, 110])  # range 1.09..2.2
+    result = compare(base, noisy)
+    assert verdicts(result)["speedup_vs_naive"] == "within noise" and result.exit_code() == PASS
+    slow = with_spread(run(naive, row(speedup_vs_naive=1.2)), [115, 120, 125], [95, 100, 105])  # range 1.1..1.3
+    assert verdicts(compare(base, slow))["speedup_vs_naive"] == "regression"
