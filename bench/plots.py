@@ -102,7 +102,7 @@ def context_scaling(data: dict[str, Any], out_dir: Path) -> list[Figure]:
         fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
         colour = colours([label(r) for r in rows])
         for name in sorted(colour):
-            pts = sorted((length[r["workload"]], r) for r in rows if label(r) == name)
+            pts = sorted(((length[r["workload"]], r) for r in rows if label(r) == name), key=lambda p: p[0])
             xs = [x for x, _ in pts]
             speed.plot(xs, [num(r.get("tokens_per_s")) for _, r in pts], marker="o", color=colour[name], label=name)
             mib = [(x, num(r.get("cache_bytes"))) for x, r in pts if num(r.get("cache_bytes")) is not None]
@@ -162,10 +162,10 @@ def latency_vs_rate(data: dict[str, Any], out_dir: Path) -> list[Figure]:
     for (model, workload), group in _groups(rows).items():
         kinds = list(dict.fromkeys(c.split("_")[0] for c in stats))
         fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), squeeze=False)
-        colour = colours([label(r) for r in group])
+        colour = colours([_without_rate(r) for r in group])
         for ax, kind in zip(axes[0], kinds):
             for name in sorted(colour):
-                pts = sorted((r["request_rate"], r) for r in group if label(r) == name)
+                pts = sorted(((r["request_rate"], r) for r in group if _without_rate(r) == name), key=lambda p: p[0])
                 for c, style in ((f"{kind}_p50_ms", "-"), (f"{kind}_p99_ms", "--")):
                     ys = [(x, num(r.get(c))) for x, r in pts if num(r.get(c)) is not None]
                     if ys:
@@ -186,6 +186,12 @@ PLOTS = (pareto, context_scaling, latency_distributions, latency_vs_rate)
 def make_plots(data: dict[str, Any], out_dir: Path) -> list[Figure]:
     """Every figure the run has data for, as PNGs in ``out_dir``."""
     return [f for plot in PLOTS for f in plot(data, out_dir)]
+
+
+def _without_rate(row: dict[str, Any]) -> str:
+    """A strategy's line across rates: its label without the rate parameter a sweep may have put in params."""
+    params = ";".join(p for p in str(row.get("params") or "").split(";") if "rate" not in p)
+    return f"{row['strategy']} {params}".strip()
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
