@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE = ["--model", "random:tiny-llama", "--workload", "smoke", "--strategies", "naive,full", "--repeats", "3",
-         "--naive-repeats", "3", "--no-history"]
+         "--naive-repeats", "3", "--threads", "1", "--no-history"]
 CI_COMPARE = (REPO / "reports" / "baseline" / "compare.args").read_text().split()
 PLANT = '''
 import os, time
