@@ -1,4 +1,4 @@
-"""The `kvbench` command line: run, list, report (compare and history come with regression tracking)."""
+"""The `kvbench` command line: run, list, report, compare, history."""
 
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ EXAMPLES = """examples:
   kvbench run --workload mixed-chat --strategies sequential,static-batch,continuous --request-rate 4 --repeats 1
   kvbench list                                   # strategies, parameters, workloads, models
   kvbench report reports/latest                  # re-render report.md from results.json
+  kvbench compare reports/baseline reports/latest  # judge a run against the baseline (exit 1: regression)
+  kvbench history --metric tokens_per_s          # plot reports/history.csv over git revisions (PNG)
 """
 DEFAULT_STRATEGIES = "naive,full,hf-generate"
 DEFAULT_WORKLOADS = "chat-short,long-context"
+HISTORY = Path("reports") / "history.csv"
 
 
 class UsageError(Exception):
@@ -62,9 +65,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--num-requests", type=int, default=0, metavar="N",
                      help="request workloads: serve only the first N requests (0: all; a short run on a slow machine)")
     run.add_argument("--no-reference", action="store_true", help="do not add naive when it is not listed")
+    run.add_argument("--history", type=Path, default=None,
+                     help=f"append one summary row per cell to this CSV (default {HISTORY} when --out is under "
+                          "reports/)")
+    run.add_argument("--no-history", action="store_true", help="append nothing to the history CSV")
     sub.add_parser("list", help="strategies with their parameters, workloads and models")
     report = sub.add_parser("report", help="re-render report.md from a run directory")
     report.add_argument("run_dir", type=Path)
+    comp = sub.add_parser("compare", help="judge CURRENT against BASELINE (exit 0 pass, 1 regression, "
+                          "2 bad input, 3 failed cells in CURRENT)")
+    comp.add_argument("baseline", type=Path, help="run directory or results.json")
+    comp.add_argument("current", type=Path, help="run directory or results.json")
+    comp.add_argument("--quality-tol", type=float, default=0.01,
+                      help="allowed quality loss: ppl ×(1+tol), Δppl 100·tol pp, KL tol nats, agreement tol")
+    comp.add_argument("--ratio-tol", type=float, default=0.10, help="allowed drop of within-run ratios (0.10: 10%%)")
+    comp.add_argument("--p-threshold", type=float, default=0.002, help="Mann-Whitney U significance for timings")
+    comp.add_argument("--min-factor", type=float, default=1.1, help="smallest timing change that counts (×)")
+    comp.add_argument("--gate-absolute", action="store_true", help="let timings and memory fail the comparison")
+    comp.add_argument("--strict", action="store_true", help="'insufficient data' on a gating metric fails")
+    comp.add_argument("--markdown", type=Path, help="also write the comparison as Markdown to this file")
+    hist = sub.add_parser("history", help=f"plot a metric over git revisions from {HISTORY}")
+    hist.add_argument("--file", type=Path, default=HISTORY, help=f"history CSV (default {HISTORY})")
+    hist.add_argument("--metric", default="tokens_per_s", help="a column of the history (default tokens_per_s)")
+    hist.add_argument("--workload", help="only this workload")
+    hist.add_argument("--out", type=Path, help="PNG to write (default reports/history-<metric>.png)")
     return parser.parse_args(argv)
 
 
@@ -175,8 +199,38 @@ def cmd_run(args: argparse.Namespace) -> int:
             latest.unlink()
         latest.symlink_to(out.name)
     print(f"wrote {out}/results.csv, results.json, report.md")
+    history = history_path(args, out)
+    if history and rows:
+        from bench.env import git_rev
+        from bench.history import append_history
+
+        append_history(history, rows, git_rev(), run_id)
+        print(f"appended {len(rows)} rows to {history}")
     failed = [r for r in rows if r.get("status") == "failed"]
     return 1 if failed or not rows else 0
+
+
+def history_path(args: argparse.Namespace, out: Path) -> Path | None:
+    """Runs into reports/ (make benchmark, make regress) keep a history; runs elsewhere only when asked."""
+    if args.no_history:
+        return None
+    if args.history:
+        return args.history
+    inside = Path("reports").resolve() in out.resolve().parents
+    return HISTORY if inside else None
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from bench.history import plot_history, read_history
+
+    if args.out is not None and args.out.suffix.lower() != ".png":
+        raise UsageError(f"--out {args.out} must be a .png file")
+    out = args.out or Path("reports") / f"history-{args.metric}.png"
+    rows = read_history(args.file)
+    if rows and args.metric not in rows[0]:
+        raise UsageError(f"unknown metric {args.metric!r}; the history has: {', '.join(list(rows[0])[7:])}")
+    print(plot_history(rows, args.metric, out, args.workload))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -200,6 +254,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import Options, compare_paths, print_rich, to_markdown
+
+    if args.quality_tol < 0 or not 0 <= args.ratio_tol < 1 or args.min_factor < 1 or not 0 < args.p_threshold < 1:
+        raise UsageError("need --quality-tol >= 0, 0 <= --ratio-tol < 1, --min-factor >= 1, 0 < --p-threshold < 1")
+    options = Options(quality_tol=args.quality_tol, ratio_tol=args.ratio_tol, p_threshold=args.p_threshold,
+                      min_factor=args.min_factor, gate_absolute=args.gate_absolute, strict=args.strict)
+    result = compare_paths(args.baseline, args.current, options)
+    print_rich(result)
+    if args.markdown:
+        from bench.results import atomic_write
+
+        atomic_write(args.markdown, to_markdown(result))
+    return result.exit_code()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
@@ -210,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list()
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "compare":
+            return cmd_compare(args)
+        if args.command == "history":
+            return cmd_history(args)
         return cmd_run(args)
     except (UsageError, ResultsError) as e:
         print(f"kvbench: error: {e}", file=sys.stderr)

@@ -52,7 +52,34 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
     return "\n".join(lines)
 
 
-def render(data: dict[str, Any]) -> str:
+ENV_LABELS = [("cpu", "cpu (model)"), ("cores", "cores"), ("gpu", "gpu"), ("python", "python"),
+              ("torch_version", "torch_version"), ("transformers_version", "transformers_version"),
+              ("git_rev", "git_rev (revision)"), ("platform", "platform")]
+
+
+def environment_block(envi: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """What the figures were measured on; the run's settings come from its first row."""
+    if not envi:
+        return []
+    out = ["## Environment", "", "| what | value |", "|---|---|"]
+    out += [f"| {name} | {envi[k]} |" for k, name in ENV_LABELS if k in envi]
+    out += [f"| {k} | {v} |" for k, v in envi.items() if k not in dict(ENV_LABELS)]
+    if rows:
+        r = rows[0]
+        out += [f"| {k} | {r.get(k)} |" for k in ("dtype", "device", "threads", "seed", "sampling")]
+    return out + [""]
+
+
+def figures_block(figures: list[tuple[str, str]]) -> list[str]:
+    if not figures:
+        return []
+    out = ["## Figures", ""]
+    for title, name in figures:
+        out += [f"### {title}", "", f"![{title}]({name})", ""]
+    return out
+
+
+def render(data: dict[str, Any], figures: list[tuple[str, str]] | None = None) -> str:
     rows, spread, envi = data["rows"], data.get("spread", {}), data.get("environment", {})
     out = ["# kvbench report", ""]
     meta = data.get("meta", {})
@@ -82,19 +109,31 @@ def render(data: dict[str, Any]) -> str:
             "cache MiB: bytes the cache really holds at the end of the longest request; compression = full-cache "
             "closed form / held bytes; quality vs naive on the same prompts (agreement over naive's prompts), "
             "perplexity teacher-forced through each strategy's own cache.", ""]
-    if envi:
-        out += ["## Environment", "", "| key | value |", "|---|---|"]
-        out += [f"| {k} | {v} |" for k, v in envi.items()]
-        if rows:
-            r = rows[0]
-            out += [f"| dtype | {r.get('dtype')} |", f"| device | {r.get('device')} |",
-                    f"| threads | {r.get('threads')} |", f"| seed | {r.get('seed')} |"]
-        out.append("")
+    out += figures_block(figures or [])
+    out += environment_block(envi, rows)
     return "\n".join(out)
 
 
-def write_report(run_dir: Path) -> Path:
+def write_report(run_dir: Path, plots: bool = True) -> Path:
+    """report.md (with its PNG figures beside it) and report.html, its twin for a browser."""
     data = load_results(run_dir)
+    figures = []
+    if plots:
+        from bench.plots import make_plots
+
+        figures = make_plots(data, run_dir)
     path = run_dir / "report.md"
-    atomic_write(path, render(data))
+    text = render(data, figures)
+    atomic_write(path, text)
+    atomic_write(run_dir / "report.html", to_html(text))
     return path
+
+
+def to_html(markdown: str) -> str:
+    from markdown_it import MarkdownIt  # rich's own dependency: no new package
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>kvbench report</title><style>{style}</style>" \
+           f"</head><body>{body}</body></html>\n"

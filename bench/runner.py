@@ -123,7 +123,7 @@ def run_grid(cells: list[Cell], out_dir: Path, meta: dict[str, Any], timeout_s: 
             records[row_key(record["row"])] = record
             _finish_rows(list(records.values()))
             write_run(out_dir, list(records.values()), environment, meta)
-            write_report(out_dir)
+            write_report(out_dir, plots=cell is todo[-1])  # figures once, when the last cell is in
             row = record["row"]
             note = f"{row.get('tokens_per_s', float('nan')):.1f} tok/s" if row["status"] == "ok" else row["error"]
             progress.console.print(f"  {row['status']:7s} {cell.workload} {cell.strategy} "
