@@ -255,7 +255,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import Options, compare_paths, print_rich, to_markdown
+    from bench.compare import Options, compare_paths
+    from bench.compare_table import print_rich, to_markdown
 
     if args.quality_tol < 0 or not 0 <= args.ratio_tol < 1 or args.min_factor < 1 or not 0 < args.p_threshold < 1:
         raise UsageError("need --quality-tol >= 0, 0 <= --ratio-tol < 1, --min-factor >= 1, 0 < --p-threshold < 1")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare import BAD_INPUT, CURRENT_FAILED, PASS, REGRESSION, Options, compare, to_markdown
+from bench.compare import BAD_INPUT, CURRENT_FAILED, PASS, REGRESSION, Options, compare
+from bench.compare_table import to_markdown
 from bench.metrics import ABSOLUTE, EXACT, INFO, QUALITY, RATIO, metric
 
 ENV = {"cpu": "AMD EPYC", "cores": 2, "gpu": "none", "torch_version": "2.13.0+cpu", "transformers_version": "5.23.0"}
