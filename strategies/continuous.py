@@ -67,9 +67,11 @@ class ContinuousBatching(DecodingStrategy):
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         layers = num_cache_layers(model.config)
-        pool = BlockPool(self.num_blocks, self.block_size, layers, heads, head_dim, model.dtype, model.device)
+        # The cache strategy's block size (paged.block_size, prefix-cache.block_size) wins over ours when given.
+        block_size = getattr(cache, "block_size", None) or self.block_size
+        pool = BlockPool(self.num_blocks, block_size, layers, heads, head_dim, model.dtype, model.device)
         pool.keys.zero_(), pool.values.zero_()  # padding reads stale slots with zero weight: keep them finite
-        prefix = PrefixIndex(self.block_size) if isinstance(cache, PrefixCache) else None
+        prefix = PrefixIndex(block_size) if isinstance(cache, PrefixCache) else None
         sched = Scheduler(pool, self.max_batch, prefix)
         banned, gen = eos_ids(model), sampling.generator(model.device)
         outputs: list[list[int]] = [[] for _ in requests]
@@ -91,7 +93,7 @@ class ContinuousBatching(DecodingStrategy):
                 continue
             running = sched.schedule()
             peak_used = max(peak_used, pool.num_used_blocks)
-            utilisation += sum(s.num_computed for s in running) / max(1, pool.num_used_blocks * self.block_size)
+            utilisation += sum(s.num_computed for s in running) / max(1, pool.num_used_blocks * block_size)
             steps += 1
             ready = self.run_step(model, sched, layers, running)
             for seq, logits in ready:

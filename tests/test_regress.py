@@ -23,10 +23,10 @@ import os, time
 import strategies.full as full, strategies.step as step
 if os.environ.get("PLANT_SLEEP"):
     decode = step.decode_one_token
-    def slow(model, cache, seq, length):
+    def slow(model, cache, *args, **kwargs):
         if cache is not None:  # only cached decoding (full), not naive: the speedup must drop
             time.sleep(float(os.environ["PLANT_SLEEP"]))
-        return decode(model, cache, seq, length)
+        return decode(model, cache, *args, **kwargs)
     step.decode_one_token = slow
 if os.environ.get("PLANT_EXTRA_TOKENS"):
     new_cache = full.FullCache.new_cache
@@ -76,7 +76,10 @@ def verdicts(compare_md: Path, cell: str) -> dict[str, str]:
 
 def test_a_a_same_code_twice_passes_with_ci_options(baseline, tmp_path):
     again = tiny_run(tmp_path / "again")
-    done = kvbench("compare", str(baseline), str(again), *CI_COMPARE, "--markdown", str(tmp_path / "c.md"))
+    # A tiny model's naive pass lasts ~25 ms, so its speedup swings up to 2x between identical runs: the ratio gate
+    # gets a wider tolerance here (the real-model CI suite keeps compare.args'); every exact gate stays as in CI.
+    done = kvbench("compare", str(baseline), str(again), *CI_COMPARE, "--ratio-tol", "0.8",
+                   "--markdown", str(tmp_path / "c.md"))
     assert done.returncode == 0, done.stdout[-3000:]
     full = verdicts(tmp_path / "c.md", "random:tiny-llama|smoke|full|")
     for name in ("status", "cache_bytes", "cache_bytes_peak", "greedy_agreement", "generated_tokens", "ppl"):

@@ -178,7 +178,7 @@ def test_cli_serves_a_request_workload_end_to_end(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--model", "random:tiny-llama", "--workload",
                            "shared-prefix", "--num-requests", "4", "--strategies", "continuous+prefix-cache",
                            "--request-rate", "50",
-                           "--slo", "ttft_ms=60000,tpot_ms=60000", "--repeats", "1", "--no-quality",
+                           "--slo", "ttft_ms=60000,tpot_ms=60000", "--repeats", "1",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-2000:]
