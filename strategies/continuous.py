@@ -67,8 +67,7 @@ class ContinuousBatching(DecodingStrategy):
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         layers = num_cache_layers(model.config)
-        # The cache strategy's block size (paged.block_size, prefix-cache.block_size) wins over ours when given.
-        block_size = getattr(cache, "block_size", None) or self.block_size
+        block_size = self.block_size
         pool = BlockPool(self.num_blocks, block_size, layers, heads, head_dim, model.dtype, model.device)
         pool.keys.zero_(), pool.values.zero_()  # padding reads stale slots with zero weight: keep them finite
         prefix = PrefixIndex(block_size) if isinstance(cache, PrefixCache) else None

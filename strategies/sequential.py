@@ -25,7 +25,7 @@ class Sequential(StepDecoding):
         if isinstance(cache, PrefixCache):
             from strategies.continuous import ContinuousBatching
 
-            engine = ContinuousBatching(max_batch=1)
+            engine = ContinuousBatching(max_batch=1, block_size=cache.block_size)  # prefix-cache.block_size rules
             tokens = engine.serve(model, new_cache, requests, sampling, emit, clock, cache=cache)
             self._stats, self.failures = engine.stats(), engine.failures
             return tokens
