@@ -28,6 +28,7 @@ from bench.quality import agreement, mean_kl, perplexity
 from bench.results import TIMED
 from bench.workloads import get_workload
 from strategies.base import KVCache, Unsupported
+from strategies.packed_linear import pack_linear_weights
 from strategies.registry import compose, params_label
 from strategies.sampling import Sampling
 
@@ -62,6 +63,7 @@ class Cell:
     burstiness: float = 1.0
     slo: str = ""
     num_requests: int = 0  # request workloads: serve only the first N requests (0: all)
+    weights: str = "packed"  # packed: our strategies run oneDNN-packed fp32 linears (peers never); stock: as loaded
 
     @property
     def key(self) -> str:
@@ -79,6 +81,7 @@ class Cell:
         return {"model": self.model, "workload": self.workload, "strategy": self.strategy,
                 "params": params_label(self.params), "repeats": self.repeats, "seed": self.seed,
                 "sampling": self.sampling or "greedy", "dtype": self.dtype, "device": self.device,
+                "weights": "stock",
                 "threads": self.threads or torch.get_num_threads(), "torch_version": torch.__version__,
                 "transformers_version": transformers.__version__, "git_rev": env.git_rev()}
 
@@ -167,6 +170,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     row["load_s"] = time.perf_counter() - t0
     model = loaded.model
     rss_after_load = peak_rss_mb()
+    if cell.weights == "packed" and not comp.decoder.peer and pack_linear_weights(model):
+        row["weights"] = "packed"
     if comp.cache is not None and (reason := comp.cache.supports(model)):
         raise Unsupported(f"{comp.cache.name} does not support {cell.model}: {reason}")
     if getattr(workload, "is_request_workload", False):

@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    run.add_argument("--weights", default="packed", choices=("packed", "stock"),
+                     help="packed: our strategies run fp32 CPU linears through oneDNN with weights reordered once "
+                          "(transformers peers always run stock); stock: every strategy runs the model as loaded")
     run.add_argument("--threads", type=int, default=0, help="torch threads per cell (0: torch's default)")
     run.add_argument("--out", type=Path, help="run directory (default reports/<run-id>, linked as reports/latest)")
     run.add_argument("--resume", action="store_true", help="run only the cells of --out not yet ok")
@@ -154,7 +157,7 @@ def build_cells(args: argparse.Namespace):
     cells = [Cell(model=m, workload=w.name, strategy=spec, params=params, repeats=args.repeats, seed=args.seed,
                   dtype=args.dtype, device=args.device, threads=args.threads, sampling=args.sampling,
                   quality=not args.no_quality, request_rate=args.request_rate, burstiness=args.burstiness,
-                  slo=args.slo, num_requests=args.num_requests)
+                  slo=args.slo, num_requests=args.num_requests, weights=args.weights)
              for m in models for w in workloads for spec, params in grid]
     if not args.no_reference:
         cells = with_reference(cells)

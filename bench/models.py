@@ -65,8 +65,10 @@ def cache_root() -> Path:
 
 
 def embedded_dir() -> Path:
-    """The embedded model converted once from GGUF to safetensors (dequantizing takes ~20 s; loading after, ~1 s)."""
-    target = cache_root() / "smollm2-135m-instruct"
+    """The embedded model converted once from GGUF to safetensors (dequantizing takes ~20 s; loading after, ~1 s).
+    Saved in 32 MB shards: loaded weights are views of each shard's memory map, and a map is released once none
+    of its tensors is referenced, so repacking the weights (strategies/packed_linear.py) frees them as it goes."""
+    target = cache_root() / "smollm2-135m-instruct-shards"
     if (target / "config.json").exists():
         return target
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # find, never import: the package's own deps are not ours
@@ -85,7 +87,7 @@ def embedded_dir() -> Path:
     plain.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    plain.save_pretrained(tmp)
+    plain.save_pretrained(tmp, max_shard_size="32MB")
     tokenizer.save_pretrained(tmp)
     try:
         tmp.rename(target)  # atomic: a concurrent converter that finished first wins

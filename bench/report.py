@@ -66,7 +66,7 @@ def environment_block(envi: dict[str, Any], rows: list[dict[str, Any]]) -> list[
     out += [f"| {k} | {v} |" for k, v in envi.items() if k not in dict(ENV_LABELS)]
     if rows:
         r = rows[0]
-        out += [f"| {k} | {r.get(k)} |" for k in ("dtype", "device", "threads", "seed", "sampling")]
+        out += [f"| {k} | {r.get(k)} |" for k in ("dtype", "device", "weights", "threads", "seed", "sampling")]
     return out + [""]
 
 

@@ -17,7 +17,8 @@ COLUMNS = [
     "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms", "peak_rss_mb", "rss_over_model_mb", "cache_bytes",
     "cache_bytes_peak", "cache_bytes_per_token", "cache_bytes_theory", "compression_ratio", "speedup_vs_naive",
     "ppl", "ppl_delta_pct", "greedy_agreement", "first_divergence", "kl_vs_naive", "generated_tokens",
-    "load_s", "sampling", "seed", "dtype", "device", "threads", "torch_version", "transformers_version", "git_rev",
+    "load_s", "sampling", "seed", "dtype", "device", "weights", "threads", "torch_version", "transformers_version",
+    "git_rev",
 ]
 TIMED = ["tokens_per_s", "ttft_ms", "tpot_ms", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms"]
 

@@ -113,6 +113,7 @@ class CacheStrategy(Strategy):
 class DecodingStrategy(Strategy):
     kind: ClassVar[str] = "decoding"
     takes_cache: ClassVar[bool] = True  # peers that drive transformers' own caches set False
+    peer: ClassVar[bool] = False  # a library's own path (transformers): run on the stock model, never repacked
     default_cache: ClassVar[str] = "full"  # the cache a bare decoder name runs over
 
     def generate(

@@ -69,7 +69,9 @@ def truncated(model: PreTrainedModel, num_layers: int) -> PreTrainedModel:
 def int8_weights(model: PreTrainedModel) -> PreTrainedModel:
     if model.device.type != "cpu":
         raise Unsupported("draft int8 uses torch's dynamic int8 linear kernels, which run on CPU only")
-    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+    from strategies.packed_linear import unpacked  # torch's quantizer only knows nn.Linear
+
+    return torch.ao.quantization.quantize_dynamic(unpacked(copy.deepcopy(model)), {nn.Linear}, dtype=torch.qint8)
 
 
 def build_draft(model: PreTrainedModel, spec: str) -> PreTrainedModel:

@@ -56,6 +56,7 @@ class HFBatch(HFGenerate):
     name = "hf-batch"
     lossless = True
     takes_cache = False
+    peer = True
     summary = "peer: transformers generate() on left-padded static batches of batch_size"
     batch_size: int = 8
 

@@ -44,6 +44,7 @@ class HFGenerate(DecodingStrategy):
     name = "hf-generate"
     lossless = True
     takes_cache = False
+    peer = True
     summary = "peer: transformers generate() with its default dynamic cache"
 
     def extra_kwargs(self, model: PreTrainedModel) -> dict:
