@@ -16,7 +16,7 @@ from strategies.registry import REGISTRY, StrategyError, compose, expand, parse_
 
 # modules with no strategy of their own
 INFRA = {"base", "registry", "sampling", "block_pool", "kv_quant", "lean_forward", "eviction", "speculation",
-         "drafts", "requests", "scheduler", "paged_batch"}
+         "drafts", "requests", "scheduler", "paged_batch", "packed_linear"}
 
 
 def test_every_strategy_module_is_registered():
