@@ -203,8 +203,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     row.update(cuda_memory(cell.device))
     row.update(probe_cache(comp, model, prompts, max_new, sampling))
 
-    if cell.quality:
-        row.update(quality(cell, comp, loaded, workload, tokens))
+    # tokens are always compared with the reference (a lossless strategy must prove it); ppl/KL only with quality
+    row.update(quality(cell, comp, loaded, workload, tokens, with_ppl=cell.quality))
     row["peak_rss_mb"] = peak_rss_mb()
     row["rss_over_model_mb"] = row["peak_rss_mb"] - rss_after_load
     row["status"], row["error"] = "ok", ""
@@ -225,8 +225,7 @@ def run_request_cell(cell: Cell, comp, loaded, workload, sampling, row, rss_afte
     figures, spreads, samples, tokens = run_serving(cell, comp, loaded, workload, sampling)
     row.update(figures)
     row.update(cuda_memory(cell.device))
-    if cell.quality or cell.is_reference:
-        row.update(quality(cell, comp, loaded, workload, tokens, with_ppl=cell.quality))
+    row.update(quality(cell, comp, loaded, workload, tokens, with_ppl=cell.quality))
     row["peak_rss_mb"] = peak_rss_mb()
     row["rss_over_model_mb"] = row["peak_rss_mb"] - rss_after_load
     row["status"], row["error"] = "ok", ""

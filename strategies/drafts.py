@@ -5,6 +5,7 @@
   is copied. Works for families whose decoder keeps its layers in one ``ModuleList`` (``model.layers``: llama,
   mistral, qwen2/3...; ``transformer.h``: gpt2).
 - ``int8`` — the target with int8 dynamically quantized linear weights (torch's CPU int8 path).
+- ``bf16`` — the target's weights in bfloat16 (a copy: +half the target's bytes), packed for oneDNN like the target.
 - anything else — a model spec for ``bench.models.load_model`` (local directory, hub id) sharing the tokenizer.
 """
 
@@ -18,6 +19,7 @@ from transformers import PreTrainedModel
 
 from strategies.base import KVCache, Unsupported, num_cache_layers
 from strategies.full import PreallocatedLayer
+from strategies.lean_forward import lean_decoder
 from strategies.sampling import Sampling, draw
 from strategies.step import forward_logits
 
@@ -74,11 +76,26 @@ def int8_weights(model: PreTrainedModel) -> PreTrainedModel:
     return torch.ao.quantization.quantize_dynamic(unpacked(copy.deepcopy(model)), {nn.Linear}, dtype=torch.qint8)
 
 
+def bf16_weights(model: PreTrainedModel) -> PreTrainedModel:
+    """The target in bfloat16 (half the bytes per token read; oneDNN-packed on CPU like the target)."""
+    from strategies.packed_linear import pack_linear_weights, unpacked
+
+    if model.dtype == torch.bfloat16:
+        raise Unsupported("draft bf16: the target already runs in bfloat16; a same-precision copy cannot be faster")
+    draft = unpacked(copy.deepcopy(model)).to(torch.bfloat16)
+    draft._kvbench_packed = draft._kvbench_lean = None  # copied from the target: this copy is neither
+    if getattr(model, "_kvbench_packed", None):
+        pack_linear_weights(draft)
+    return draft
+
+
 def build_draft(model: PreTrainedModel, spec: str) -> PreTrainedModel:
     if (num_layers := parse_layers(spec)) is not None:
         return truncated(model, num_layers)
     if spec == "int8":
         return int8_weights(model)
+    if spec == "bf16":
+        return bf16_weights(model)
     from bench.models import load_model  # only for the third kind: any model spec the CLI accepts
 
     dtype = str(model.dtype).removeprefix("torch.")
@@ -97,11 +114,15 @@ class ModelProposer:
         self.draft, self.sampling, self.generator, self.banned = draft, sampling, generator, banned
         self.cache = KVCache([PreallocatedLayer(end) for _ in range(num_cache_layers(draft.config))])
         self.fed = 0  # tokens of seq in the draft's cache
+        self.lean = lean_decoder(draft, self.cache)
 
     def propose(self, seq: torch.Tensor, length: int, max_drafts: int) -> tuple[list[int], torch.Tensor | None]:
         tokens, dists = [], []
         for cur in range(length, length + max_drafts):
-            logits = forward_logits(self.draft, seq[:, self.fed : cur], self.cache, self.fed)[-1]
+            if cur - self.fed == 1 and self.lean is not None and self.lean.usable_at(self.fed):
+                logits = self.lean.step(seq[0, self.fed], self.fed, self.cache)  # the draft's own lean forward
+            else:
+                logits = forward_logits(self.draft, seq[:, self.fed : cur], self.cache, self.fed)[-1]
             self.fed = cur
             dist = self.sampling.distribution(logits, seq[:, :cur], self.banned)
             token = int(dist.argmax()) if self.sampling.is_greedy else int(draw(dist, self.generator))

@@ -68,6 +68,7 @@ def lean_decoder(model: PreTrainedModel, cache: Cache | None) -> LeanDecoder | N
     every cache layer must declare ``lean_decode`` (it needs nothing but ``update``)."""
     if cache is None or not supports_lean(model) or not all(getattr(la, "lean_decode", False) for la in cache.layers):
         return None
-    if getattr(model, "_kvbench_lean", None) is None:
-        model._kvbench_lean = LeanDecoder(model)
-    return model._kvbench_lean
+    lean = getattr(model, "_kvbench_lean", None)
+    if lean is None or lean.model is not model:  # a draft built as a view or copy of the target has its own
+        lean = model._kvbench_lean = LeanDecoder(model)
+    return lean

@@ -8,7 +8,8 @@ oneDNN dispatches by ISA (AVX-512 here). Measured on SmolLM2-135M's 121 fused ma
 
 Every strategy of ours runs with packed weights; the transformers peers run the stock model (``peer = True``),
 so "ours vs the library" includes this kernel choice, as llama.cpp's numbers include its own kernels.
-``--weights stock`` turns it off. Only fp32 on CPU with oneDNN present is packed; anything else is left alone.
+``--weights stock`` turns it off. Only fp32 and bf16 on CPU with oneDNN present are packed; anything else is left
+alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ BATCH_HINT = 128  # oneDNN picks a blocked layout for this M; measured as good f
 
 
 def can_pack(model: PreTrainedModel) -> bool:
-    return (model.device.type == "cpu" and model.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    return (model.device.type == "cpu" and model.dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 

@@ -1,9 +1,9 @@
 """`speculative`: a draft model proposes ``k`` tokens, the target verifies them in one forward (see speculation.py).
 
 Drafts (``draft``): ``layers:N`` (the target's first N layers + final norm + LM head, no extra weights), ``int8``
-(the target with int8 linear weights) or a model spec sharing the tokenizer. The draft is built once per target,
-on the first (warm-up) call, and runs over a full-precision preallocated cache of its own; the target runs over
-whatever cache strategy this decoder is composed with.
+(the target with int8 linear weights), ``bf16`` (the target's weights in bfloat16) or a model spec sharing the
+tokenizer. The draft is built once per target, on the first (warm-up) call, and runs over a preallocated cache of
+its own in its own dtype; the target runs over whatever cache strategy this decoder is composed with.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from strategies.speculation import SpeculativeDecoder
 @dataclass
 class Speculative(SpeculativeDecoder):
     name = "speculative"
-    summary = "draft model proposes k tokens, target verifies in one forward (draft=layers:N | int8 | <model>)"
+    summary = "draft model proposes k tokens, target verifies in one forward (draft=layers:N | int8 | bf16 | <model>)"
 
     draft: str = "layers:8"
     k: int = 4

@@ -33,6 +33,7 @@ def naive_tokens(smol, smol_prompts):
 @pytest.mark.parametrize("spec,params", [
     ("speculative", {"draft": "layers:20", "k": 3}),
     ("speculative", {"draft": "int8", "k": 4}),
+    ("speculative", {"draft": "bf16", "k": 4}),
     ("speculative+naive", {"draft": "layers:6", "k": 2}),
     ("prompt-lookup", {"ngram": 2, "k": 5}),
     ("lookahead", {"window": 4, "ngram": 3, "guess": 3}),
