@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     run.add_argument("--weights", default="packed", choices=("packed", "stock"),
-                     help="packed: our strategies run fp32 CPU linears through oneDNN with weights reordered once "
+                     help="packed: our strategies run fp32/bf16 CPU linears through oneDNN with weights reordered once "
                           "(transformers peers always run stock); stock: every strategy runs the model as loaded")
     run.add_argument("--threads", type=int, default=0, help="torch threads per cell (0: torch's default)")
     run.add_argument("--out", type=Path, help="run directory (default reports/<run-id>, linked as reports/latest)")
