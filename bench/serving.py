@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.measure import percentile, spread, synchronize
 from bench.results import TIMED
+from strategies.base import StrategyFailed
 from strategies.requests import Request
 
 DEFAULT_SLO = "ttft_ms=2000,tpot_ms=150"  # a CPU-sized interactive target; override with --slo
@@ -148,7 +149,11 @@ def probe_serving_cache(comp, model, requests: list[Request], sampling) -> dict[
 
     def emit(i: int, tokens) -> None:
         nonlocal peak
-        peak = max(peak, sum(c.nbytes() for c in list(live) if hasattr(c, "nbytes")))
+        caches = list(live)
+        peak = max(peak, sum(c.nbytes() for c in caches if hasattr(c, "nbytes")))
+        for cache in caches:  # each emission follows a finished forward: every hook has run
+            if hasattr(cache, "check") and (why := cache.check()):
+                raise StrategyFailed(why)
 
     first = [Request(i, r.prompt, r.max_new_tokens, 0.0) for i, r in enumerate(requests[:PROBE_REQUESTS])]
     comp.decoder.serve(model, new_cache, first, sampling, emit, RunClock("cpu"), cache=comp.cache)

@@ -26,6 +26,10 @@ class Unsupported(Exception):
     """A strategy cannot run this model (the cell is reported ``status=skipped`` with this message)."""
 
 
+class StrategyFailed(Exception):
+    """A strategy ran but did not do its job (an eviction that kept everything): the cell is ``status=failed``."""
+
+
 def storage_bytes(*tensors: torch.Tensor | None) -> int:
     """Bytes of the distinct storages behind ``tensors``: views and aliases are counted once."""
     seen: dict[int, int] = {}
@@ -66,6 +70,11 @@ class KVCache(Cache):
 
     def nbytes(self) -> int:
         return storage_bytes(*(t for layer in self.layers for t in layer.tensors()))
+
+    def check(self) -> str | None:
+        """None if the cache did its job (an eviction kept no more than its budget...), else why not: a strategy
+        that silently stops doing its job makes a failed row, never a number."""
+        return None
 
     def stats(self) -> dict[str, float]:
         """Strategy-specific figures (blocks used, fragmentation...). Merged into the result row."""

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from transformers.models.llama.modeling_llama import rotate_half
 
 from strategies.base import CacheStrategy, KVCache, KVLayer, num_cache_layers
+from strategies.hf_compat import TESTED_TRANSFORMERS, cache_in
 
 
 def attention_modules(model: PreTrainedModel) -> list[torch.nn.Module]:
@@ -51,6 +52,7 @@ class EvictionLayer(KVLayer):
         self.accumulated: torch.Tensor | None = None  # [batch, kv_heads, entries] attention mass (h2o)
         self.seen = 0  # tokens fed so far: the next token's position
         self.budget: int | None = None
+        self.allowed = 0  # the most entries this layer may hold now; more means eviction did not happen
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.is_initialized = True
@@ -67,6 +69,8 @@ class EvictionLayer(KVLayer):
             self.values = torch.cat([self.values, value_states], dim=-2)
             self.positions = torch.cat([self.positions, new_pos], dim=-1)
         self.seen += t
+        # Prefill holds every entry until its hook evicts; after that only steps that do not evict add entries.
+        self.allowed = self.get_seq_length() if self.budget is None else self.allowed + t
         return self.keys, self.values
 
     def attention(self, queries: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -83,11 +87,12 @@ class EvictionLayer(KVLayer):
     def after_attention(self, attention) -> None:
         """Called once the layer's attention module ran: evict down to the budget when the policy says so."""
         prefill = self.budget is None
-        if prefill:
-            self.budget = self.policy.resolve_budget(self.get_seq_length())
-        elif not self.policy.evicts_while_decoding:
-            return
         n = self.get_seq_length()
+        if prefill:
+            self.budget = self.policy.resolve_budget(n)
+        if not (prefill or self.policy.evicts_while_decoding):
+            return
+        self.allowed = min(n, self.budget)
         if n <= self.budget:
             if self.policy.accumulates:
                 self.policy.score(self, attention, prefill)  # keep the running totals current
@@ -115,6 +120,7 @@ class EvictionLayer(KVLayer):
             raise ValueError("crop takes a negative count of tokens to drop")
         n = max(0, self.get_seq_length() + tokens_to_remove)
         self.seen += tokens_to_remove
+        self.allowed = max(0, self.allowed + tokens_to_remove)
         self.keys, self.values = self.keys[:, :, :n].clone(), self.values[:, :, :n].clone()
         self.positions = self.positions[:, :, :n].clone()
         if self.accumulated is not None:
@@ -133,7 +139,7 @@ class EvictionKVCache(KVCache):
 
         def hook(module, args, kwargs, output):
             cache = ref()
-            if cache is None or kwargs.get("past_key_values") is not cache:
+            if cache is None or cache_in(kwargs) is not cache:
                 return
             hidden, rope = (args[0] if args else kwargs["hidden_states"]), kwargs.get("position_embeddings")
 
@@ -154,6 +160,19 @@ class EvictionKVCache(KVCache):
 
     def close(self) -> None:
         self._finalizer()
+
+    def check(self) -> str | None:
+        for i, layer in enumerate(self.layers):
+            if layer.keys is None:
+                continue
+            held = layer.get_seq_length()
+            if layer.budget is None:
+                return (f"eviction never ran: the attention hooks did not see this cache (layer {i} holds all {held} "
+                        f"entries); this transformers' attention API differs from the tested {TESTED_TRANSFORMERS}")
+            limit = layer.budget if layer.policy.evicts_while_decoding else layer.allowed
+            if held > limit:
+                return f"eviction kept {held} entries in layer {i} where its budget allows {limit}"
+        return None
 
     def __enter__(self) -> EvictionKVCache:
         return self

@@ -18,6 +18,7 @@ from transformers import Cache, PreTrainedModel, QuantizedCache, StaticCache
 from transformers.utils import is_hqq_available, is_optimum_quanto_available
 
 from strategies.base import Emit, NewCache
+from strategies.hf_compat import with_cache
 from strategies.hf_generate import EmitStreamer, HFGenerate, generate_kwargs
 from strategies.sampling import Sampling
 
@@ -60,9 +61,9 @@ class HFCachePeer(HFGenerate):
         n, m = len(prompt_ids), len(continuation_ids)
         cache = self.make_cache(model, n + m)
         ids = torch.tensor([prompt_ids + continuation_ids], device=model.device)
-        rows = [model(input_ids=ids[:, :n], past_key_values=cache, logits_to_keep=1).logits[0, -1]]
+        rows = [model(input_ids=ids[:, :n], **with_cache(model, cache), logits_to_keep=1).logits[0, -1]]
         for t in range(1, m):
-            rows.append(model(input_ids=ids[:, n + t - 1 : n + t], past_key_values=cache).logits[0, -1])
+            rows.append(model(input_ids=ids[:, n + t - 1 : n + t], **with_cache(model, cache)).logits[0, -1])
         return torch.stack(rows).float().log_softmax(-1)
 
 

@@ -9,6 +9,7 @@ from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
 from strategies.base import DecodingStrategy, Emit, NewCache
+from strategies.hf_compat import with_cache
 from strategies.sampling import Sampling
 
 
@@ -81,7 +82,7 @@ class HFGenerate(DecodingStrategy):
         cache = DynamicCache(config=model.config)
         ids = torch.tensor([prompt_ids + continuation_ids], device=model.device)
         n, m = len(prompt_ids), len(continuation_ids)
-        rows = [model(input_ids=ids[:, :n], past_key_values=cache, logits_to_keep=1).logits[0, -1]]
+        rows = [model(input_ids=ids[:, :n], **with_cache(model, cache), logits_to_keep=1).logits[0, -1]]
         for t in range(1, m):
-            rows.append(model(input_ids=ids[:, n + t - 1 : n + t], past_key_values=cache).logits[0, -1])
+            rows.append(model(input_ids=ids[:, n + t - 1 : n + t], **with_cache(model, cache)).logits[0, -1])
         return torch.stack(rows).float().log_softmax(-1)

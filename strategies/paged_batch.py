@@ -13,6 +13,7 @@ import torch
 
 from strategies.base import KVCache, KVLayer
 from strategies.block_pool import BlockPool
+from strategies.hf_compat import with_cache
 
 
 class PagedBatchLayer(KVLayer):
@@ -85,6 +86,6 @@ def forward_rows(model, pool: BlockPool, num_layers: int, rows: list[tuple[list[
         input_ids[b, : len(ids)] = torch.tensor(ids, device=input_ids.device)
     same = len(set(lengths)) == 1  # then only the last position's logits are needed (no vocab-sized waste)
     out = model(input_ids=input_ids, position_ids=view.position_ids, attention_mask=view.mask,
-                past_key_values=view, use_cache=True, logits_to_keep=1 if same else 0)
+                **with_cache(model, view), use_cache=True, logits_to_keep=1 if same else 0)
     last = torch.tensor([0 if same else n - 1 for n in lengths], device=input_ids.device)
     return out.logits[torch.arange(len(rows)), last].float()

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from strategies.base import DecodingStrategy, Emit, NewCache
+from strategies.hf_compat import with_cache
 from strategies.requests import Request, arrived
 from strategies.sampling import Sampling, eos_ids
 
@@ -36,12 +37,12 @@ def run_padded_batch(model: PreTrainedModel, new_cache: NewCache, prompts: list[
     cache = new_cache(batch, longest + steps - 1)
     positions = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=seq[:, :longest], attention_mask=mask[:, :longest], position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                **with_cache(model, cache), use_cache=True, logits_to_keep=1)
     for t in range(steps):
         if t:
             end = longest + t
             out = model(input_ids=seq[:, end - 1 : end], attention_mask=mask[:, :end],
-                        position_ids=(lengths + t - 1).unsqueeze(1), past_key_values=cache, use_cache=True)
+                        position_ids=(lengths + t - 1).unsqueeze(1), **with_cache(model, cache), use_cache=True)
         tokens = sampling.select(out.logits[:, -1].float(), seq[:, : longest + t], gen, banned)
         seq[:, longest + t] = tokens
         for b in range(batch):

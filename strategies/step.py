@@ -11,6 +11,7 @@ import torch
 from transformers import Cache, PreTrainedModel
 
 from strategies.base import DecodingStrategy, Emit, NewCache
+from strategies.hf_compat import with_cache
 from strategies.lean_forward import LeanDecoder, lean_decoder
 from strategies.sampling import Sampling, eos_ids
 
@@ -27,7 +28,7 @@ def forward_logits(
     out = model(
         input_ids=ids,
         position_ids=positions,
-        past_key_values=cache,
+        **with_cache(model, cache),
         use_cache=cache is not None,
         logits_to_keep=0 if all_logits else 1,
     )

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from strategies.block_pool import BlockPool, BlockTable, PoolExhausted
+from strategies.hf_compat import with_cache
 from strategies.paged import Paged
 
 
@@ -43,7 +44,7 @@ def test_paged_bytes_are_blocks_times_block_bytes_plus_table(tiny):
     cache = Paged(block_size=4).new_cache(model, 1, 64)
     ids = torch.randint(0, cfg.vocab_size, (1, 10))
     with torch.inference_mode():
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, **with_cache(model, cache), use_cache=True)
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     block_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * 4 * head_dim * 4
     assert cache.nbytes() == 3 * block_bytes + 3 * 4  # ceil(10 / 4) blocks + an int32 table of 3 entries

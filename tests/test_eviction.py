@@ -11,6 +11,7 @@ import torch
 
 from bench.models import load_model
 from strategies.eviction import EvictionCache, EvictionLayer
+from strategies.hf_compat import with_cache
 from strategies.registry import StrategyError, compose, expand, parse_params
 from strategies.step import forward_logits
 from tests.helpers import generate, score
@@ -77,7 +78,7 @@ def test_recomputed_attention_equals_the_models_own(shape):
     model.set_attn_implementation("eager")
     try:
         with torch.inference_mode():
-            out = model(input_ids=ids, past_key_values=cache, output_attentions=True, use_cache=True)
+            out = model(input_ids=ids, **with_cache(model, cache), output_attentions=True, use_cache=True)
     finally:
         model.set_attn_implementation("sdpa")
     for i, weights in enumerate(out.attentions):  # [1, heads, 20, 20] -> mean over each KV head's group
