@@ -27,7 +27,7 @@ from bench.models import load_model
 from bench.quality import agreement, mean_kl, perplexity
 from bench.results import TIMED
 from bench.workloads import get_workload
-from strategies.base import KVCache, Unsupported
+from strategies.base import KVCache, StrategyFailed, Unsupported
 from strategies.packed_linear import pack_linear_weights
 from strategies.registry import compose, params_label
 from strategies.sampling import Sampling
@@ -83,7 +83,10 @@ class Cell:
                 "sampling": self.sampling or "greedy", "dtype": self.dtype, "device": self.device,
                 "weights": "stock",
                 "threads": self.threads or torch.get_num_threads(), "torch_version": torch.__version__,
-                "transformers_version": transformers.__version__, "git_rev": env.git_rev()}
+                "transformers_version": transformers.__version__, "kvbench_version": env.kvbench_version(),
+                # per row too, so a row read apart from its file's environment still says what ran it
+                "python_version": env.python_version(), "cpu": env.cpu_model(), "cpu_capability": env.cpu_capability(),
+                "git_rev": env.git_rev()}
 
 
 def clock(device: str) -> float:
@@ -142,6 +145,9 @@ def probe_cache(comp, model, prompts, max_new, sampling) -> dict[str, Any]:
     comp.decoder.generate(model, new_cache, [longest], max_new, sampling, emit)
     if not live:
         return {"cache_bytes": 0, "cache_bytes_peak": 0, "cache_bytes_per_token": 0.0}
+    for cache in live:
+        if hasattr(cache, "check") and (why := cache.check()):
+            raise StrategyFailed(why)
     end = sum(c.nbytes() for c in live if hasattr(c, "nbytes"))
     seq = len(longest) + max_new - 1  # the last emitted token is never fed back
     theory = kv_bytes_closed_form(model.config, seq, model.dtype)

@@ -16,7 +16,10 @@ from scipy.stats import mannwhitneyu
 from bench.metrics import ABSOLUTE, CELL_SETTINGS, CONFIG, EXACT, INFO, QUALITY, RATIO, UP, Metric, better_ratio, metric
 from bench.results import ResultsError, load_results, row_key
 
-ENV_KEYS = ("cpu", "cores", "gpu", "torch_version", "transformers_version")
+# What makes absolute figures of two runs incomparable. cpu_capability: the same CPU model can run other kernels.
+ENV_KEYS = ("cpu", "cpu_capability", "cores", "gpu", "python", "torch_version", "transformers_version")
+# ... and quality figures too: the perplexity and long-context text is the installed Python's docstrings.
+TEXT_ENV_KEYS = ("python",)
 # Verdicts that fail the comparison; "insufficient data" joins them with --strict, absolute ones with --gate-absolute.
 FAILING = {"regression", "changed", "missing", "baseline-only"}
 PASS, REGRESSION, BAD_INPUT, CURRENT_FAILED = 0, 1, 2, 3
@@ -65,6 +68,7 @@ class Comparison:
     env_diff: dict[str, tuple[Any, Any]]
     current_failed: list[str]
     options: Options
+    env_unknown: dict[str, str] = field(default_factory=dict)  # key -> the side that does not record it
 
     def gating(self, line: Line) -> bool:
         if line.metric.kind == ABSOLUTE and not self.options.gate_absolute:
@@ -157,14 +161,30 @@ def judge(m: Metric, b: float, c: float, opt: Options, spread: tuple) -> tuple[s
     return "info", ""
 
 
-def compare_cell(key: str, brow: dict, crow: dict, spreads: tuple[dict, dict, dict, dict], comparable: bool,
-                 opt: Options) -> CellResult:
+def environment_diff(benv: dict, cenv: dict) -> tuple[dict[str, tuple[Any, Any]], dict[str, str]]:
+    """Keys whose values differ, and keys only one side records (a file from an older kvbench): those are unknown,
+    not different, so an old baseline keeps judging a run made on the same machine."""
+    diff, unknown = {}, {}
+    for k in ENV_KEYS:
+        b, c = benv.get(k), cenv.get(k)
+        if b is None or c is None:
+            if (b, c) != (None, None):
+                unknown[k] = "baseline" if b is None else "current"
+        elif str(b) != str(c):
+            diff[k] = (b, c)
+    return diff, unknown
+
+
+def compare_cell(key: str, brow: dict, crow: dict, spreads: tuple[dict, dict, dict, dict],
+                 env_diff: dict[str, tuple[Any, Any]], opt: Options) -> CellResult:
     """``spreads``: this cell's baseline and current spread, then its naive reference's (for speedup ranges)."""
     bspread, cspread, bref, cref = spreads
     cell = CellResult(key, "both")
     settings = [f"{k} {brow.get(k)}→{crow.get(k)}" for k in CELL_SETTINGS if str(brow.get(k)) != str(crow.get(k))]
-    comparable = comparable and not settings
     cell.note = "settings differ: " + ", ".join(settings) if settings else ""
+    # Why a line is not comparable, or "" when it is: absolute figures by any difference, quality by the text's.
+    why_absolute = ", ".join([*(f"different {k}" for k in env_diff), *(["settings differ"] if settings else [])])
+    why_quality = ", ".join(f"different {k}: other docstrings" for k in TEXT_ENV_KEYS if k in env_diff)
     b_ok, c_ok = brow.get("status") == "ok", crow.get("status") == "ok"
     status = "same" if brow.get("status") == crow.get("status") else "regression" if b_ok else \
         "improved" if c_ok else "changed"
@@ -184,8 +204,9 @@ def compare_cell(key: str, brow: dict, crow: dict, spreads: tuple[dict, dict, di
             cell.lines.append(Line(m, brow.get(name), crow.get(name), "missing" if gone else "info",
                                    "only in baseline" if c is None else "only in current"))
             continue
-        if m.kind == ABSOLUTE and not comparable:
-            cell.lines.append(Line(m, b, c, "not comparable", "different environment or settings"))
+        why = why_absolute if m.kind == ABSOLUTE else why_quality if m.kind == QUALITY else ""
+        if why:
+            cell.lines.append(Line(m, b, c, "not comparable", why))
             continue
         values = (bspread.get(name, {}).get("values") or [], cspread.get(name, {}).get("values") or [])
         if m.kind == RATIO:  # only speedup_vs_naive has the spread of both its terms
@@ -200,7 +221,7 @@ def compare_cell(key: str, brow: dict, crow: dict, spreads: tuple[dict, dict, di
 def compare(baseline: dict[str, Any], current: dict[str, Any], opt: Options | None = None) -> Comparison:
     opt = opt or Options()
     benv, cenv = baseline.get("environment", {}), current.get("environment", {})
-    env_diff = {k: (benv.get(k), cenv.get(k)) for k in ENV_KEYS if str(benv.get(k)) != str(cenv.get(k))}
+    env_diff, env_unknown = environment_diff(benv, cenv)
     brows = {row_key(r): r for r in baseline["rows"]}
     crows = {row_key(r): r for r in current["rows"]}
     cells = []
@@ -212,11 +233,11 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], opt: Options | No
         else:
             ref = "|".join([*key.split("|")[:2], "naive", ""])
             spreads = tuple(data.get("spread", {}).get(k, {}) for k in (key, ref) for data in (baseline, current))
-            cells.append(compare_cell(key, brows[key], crows[key], spreads, not env_diff, opt))
+            cells.append(compare_cell(key, brows[key], crows[key], spreads, env_diff, opt))
     failed = [k for k, r in crows.items() if r.get("status") == "failed"]
     if not any(r.get("status") == "ok" for r in crows.values()):
         failed = failed or list(crows)  # a run that measured nothing never passes
-    return Comparison(cells, env_diff, failed, opt)
+    return Comparison(cells, env_diff, failed, opt, env_unknown)
 
 
 def compare_paths(baseline: Path, current: Path, opt: Options | None = None) -> Comparison:

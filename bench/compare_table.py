@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.compare import CURRENT_FAILED, PASS, REGRESSION, Comparison, Line, number
+from bench.compare import CURRENT_FAILED, PASS, REGRESSION, TEXT_ENV_KEYS, Comparison, Line, number
 from bench.metrics import Metric
 
 HEADER = ("metric [unit]", "kind", "baseline", "current", "change", "× better", "verdict")
@@ -46,10 +46,16 @@ def summary(result: Comparison) -> str:
 
 
 def environment_note(result: Comparison) -> str:
+    """One line: which environment keys differ (key: baseline → current) and what that makes not comparable."""
+    unknown = ""
+    if result.env_unknown:
+        missing = ", ".join(f"{k} (no {side} value)" for k, side in result.env_unknown.items())
+        unknown = f" Unknown, so not judged (a file from an older kvbench): {missing}."
     if not result.env_diff:
-        return "Same environment: absolute figures are comparable."
+        return "Same environment: absolute figures are comparable." + unknown
     diff = "; ".join(f"{k}: {b} → {c}" for k, (b, c) in result.env_diff.items())
-    return f"Different environment ({diff}): absolute figures are marked not comparable."
+    what = "absolute and quality" if set(TEXT_ENV_KEYS) & set(result.env_diff) else "absolute"
+    return f"Different environment — {diff}: {what} figures are marked not comparable." + unknown
 
 
 def to_markdown(result: Comparison) -> str:

@@ -29,7 +29,8 @@ class Metric:
 
 # Columns that say what a cell *is* or how it ran, not what it measured.
 CONFIG = {"model", "workload", "strategy", "params", "error", "repeats", "sampling", "seed", "dtype", "device",
-          "threads", "torch_version", "transformers_version", "git_rev", "request_rate", "nvml_error"}
+          "threads", "torch_version", "transformers_version", "kvbench_version", "python_version", "cpu",
+          "cpu_capability", "git_rev", "request_rate", "nvml_error"}
 # A cell measured under different settings than its baseline: its timings are not comparable.
 CELL_SETTINGS = ("sampling", "seed", "dtype", "device", "threads")
 

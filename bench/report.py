@@ -52,9 +52,19 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str
     return "\n".join(lines)
 
 
-ENV_LABELS = [("cpu", "cpu (model)"), ("cores", "cores"), ("gpu", "gpu"), ("python", "python"),
-              ("torch_version", "torch_version"), ("transformers_version", "transformers_version"),
-              ("git_rev", "git_rev (revision)"), ("platform", "platform")]
+ENV_LABELS = [("kvbench_version", "kvbench_version"), ("cpu", "cpu (model)"),
+              ("cpu_capability", "cpu_capability (ISA level torch dispatches to)"), ("cores", "cores"),
+              ("affinity_cores", "affinity_cores (this process may use)"), ("physical_cores", "physical_cores"),
+              ("memory_gib", "memory GiB"), ("gpu", "gpu"), ("python", "python"), ("torch_version", "torch_version"),
+              ("transformers_version", "transformers_version"), ("torch_threads", "torch_threads"),
+              ("thread_env", "thread_env (OMP/MKL/... variables set)"), ("git_rev", "git_rev (revision)"),
+              ("platform", "platform")]
+
+
+def env_value(v: Any) -> str:
+    if isinstance(v, dict):  # thread_env: only the variables that were set
+        return ", ".join(f"{k}={x}" for k, x in v.items()) or "none set"
+    return str(v)
 
 
 def environment_block(envi: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
@@ -62,8 +72,8 @@ def environment_block(envi: dict[str, Any], rows: list[dict[str, Any]]) -> list[
     if not envi:
         return []
     out = ["## Environment", "", "| what | value |", "|---|---|"]
-    out += [f"| {name} | {envi[k]} |" for k, name in ENV_LABELS if k in envi]
-    out += [f"| {k} | {v} |" for k, v in envi.items() if k not in dict(ENV_LABELS)]
+    out += [f"| {name} | {env_value(envi[k])} |" for k, name in ENV_LABELS if k in envi]
+    out += [f"| {k} | {env_value(v)} |" for k, v in envi.items() if k not in dict(ENV_LABELS)]
     if rows:
         r = rows[0]
         out += [f"| {k} | {r.get(k)} |" for k in ("dtype", "device", "weights", "threads", "seed", "sampling")]

@@ -1,4 +1,10 @@
-"""Result rows and the files they live in: results.jsonl (appended per cell), results.csv/json (atomic)."""
+"""Result rows and the files they live in: results.jsonl (appended per cell), results.csv/json (atomic).
+
+The JSON files are strict JSON: a non-finite float (``--request-rate inf``, a nan figure) is written as the string
+"inf", "-inf" or "nan", since the bare ``Infinity``/``NaN`` Python writes by default are rejected by JSON.parse
+and jq. Reading turns those strings back into floats, and still accepts files written before (bare ``Infinity``,
+no ``schema_version``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.env import kvbench_version
+
 # The columns every row carries, in order (issue #3); strategies may add more (blocks_used, ...), appended after.
 COLUMNS = [
     "model", "workload", "strategy", "params", "status", "error", "repeats", "tokens_per_s", "ttft_ms", "tpot_ms",
@@ -18,8 +26,15 @@ COLUMNS = [
     "cache_bytes_peak", "cache_bytes_per_token", "cache_bytes_theory", "compression_ratio", "speedup_vs_naive",
     "ppl", "ppl_delta_pct", "greedy_agreement", "first_divergence", "kl_vs_naive", "generated_tokens",
     "load_s", "sampling", "seed", "dtype", "device", "weights", "threads", "torch_version", "transformers_version",
-    "git_rev",
+    "kvbench_version", "python_version", "cpu", "cpu_capability", "git_rev",
 ]
+# 1: bare Infinity/NaN, no version fields (read as such when schema_version is absent); 2: strict JSON.
+SCHEMA_VERSION = 2
+NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+# Text columns: their values are never read back as floats, even a model or strategy literally named "nan".
+TEXT = {"model", "workload", "strategy", "params", "status", "error", "sampling", "dtype", "device", "weights",
+        "decode_forward", "slo", "torch_version", "transformers_version", "kvbench_version", "python_version",
+        "python", "cpu", "cpu_capability", "gpu", "git_rev", "platform", "run_id", "command"}
 TIMED = ["tokens_per_s", "ttft_ms", "tpot_ms", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms"]
 
 
@@ -44,7 +59,7 @@ def atomic_write(path: Path, text: str) -> None:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(record, default=_plain) + "\n")
+        f.write(dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -60,7 +75,7 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = decode(json.loads(line))
         except json.JSONDecodeError:
             if n == len(lines):
                 warning = f"{path}: line {n} was cut off mid-write and is ignored; its cell will run again"
@@ -86,14 +101,40 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 def _csv_value(v: Any) -> Any:
     if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
+        return "" if math.isnan(v) else f"{v:.6g}"  # inf prints as "inf", the same word as in the JSON files
     return "" if v is None else v
 
 
-def _plain(v: Any) -> Any:
+def encode(v: Any) -> Any:
+    """``v`` with every non-finite float, however deeply nested, as its string; numpy/torch scalars as numbers."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else "nan" if math.isnan(v) else "inf" if v > 0 else "-inf"
+    if isinstance(v, (str, int, type(None))):  # bool is an int
+        return v
+    if isinstance(v, dict):
+        return {k: encode(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [encode(x) for x in v]
     if hasattr(v, "item"):
-        return v.item()
+        return encode(v.item())
     return str(v)
+
+
+def dumps(v: Any, indent: int | None = None) -> str:
+    """Strict JSON: allow_nan=False makes a non-finite float that slipped past ``encode`` an error, not Infinity."""
+    return json.dumps(encode(v), indent=indent, allow_nan=False)
+
+
+def decode(v: Any, key: str | None = None) -> Any:
+    """The inverse of ``encode`` for what json.loads returns: "inf"/"-inf"/"nan" become floats again, except
+    under a text column."""
+    if isinstance(v, str):
+        return NONFINITE.get(v, v) if key not in TEXT else v
+    if isinstance(v, dict):
+        return {k: decode(x, k) for k, x in v.items()}
+    if isinstance(v, list):
+        return [decode(x, key) for x in v]
+    return v
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -102,20 +143,22 @@ def load_results(path: Path) -> dict[str, Any]:
     if not file.exists():
         raise ResultsError(f"{file} does not exist; pass a run directory written by `kvbench run` or its results.json")
     try:
-        data = json.loads(file.read_text())
+        data = decode(json.loads(file.read_text()))  # json.loads still takes the bare Infinity of old files
     except json.JSONDecodeError as e:
         raise ResultsError(f"{file} is not valid JSON ({e.msg} at line {e.lineno}); it may be half-written — "
                            "rerun `kvbench report` on its directory to rebuild it from results.jsonl") from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise ResultsError(f"{file} has no 'rows' list; it was not written by kvbench")
+    data.setdefault("schema_version", 1)
     return data
 
 
 def write_run(out_dir: Path, records: list[dict[str, Any]], environment: dict[str, Any], meta: dict[str, Any]) -> None:
     """results.csv and results.json from the finished records (each {'row': ..., 'spread': ...})."""
     rows = [r["row"] for r in records]
-    data = {"environment": environment, "meta": meta, "rows": rows,
+    data = {"schema_version": SCHEMA_VERSION, "kvbench_version": kvbench_version(), "environment": environment,
+            "meta": meta, "rows": rows,
             "spread": {row_key(r["row"]): r.get("spread", {}) for r in records},
             "samples": {row_key(r["row"]): r.get("samples", {}) for r in records}}
-    atomic_write(out_dir / "results.json", json.dumps(data, indent=1, default=_plain, allow_nan=True))
+    atomic_write(out_dir / "results.json", dumps(data, indent=1))
     atomic_write(out_dir / "results.csv", to_csv(rows))

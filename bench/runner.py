@@ -6,7 +6,6 @@ atomically. ``resume`` skips cells already ``ok`` in results.jsonl, so nothing f
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -22,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bench import env
 from bench.cell import REFERENCE, Cell, reference_for
 from bench.report import write_report
-from bench.results import append_jsonl, atomic_write, read_jsonl, row_key, write_run
+from bench.results import append_jsonl, atomic_write, dumps, read_jsonl, row_key, write_run
 
 console = Console(stderr=True)
 
@@ -103,7 +102,7 @@ def run_grid(cells: list[Cell], out_dir: Path, meta: dict[str, Any], timeout_s: 
     if warning:
         console.print(f"[yellow]warning:[/] {warning}")
         # Rewrite without the torn line, so the records appended next start on a line of their own.
-        atomic_write(jsonl, "".join(json.dumps(r, default=str) + "\n" for r in done))
+        atomic_write(jsonl, "".join(dumps(r) + "\n" for r in done))
     if not resume and jsonl.exists():
         jsonl.unlink()
     records = {row_key(r["row"]): r for r in done}

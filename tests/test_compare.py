@@ -14,7 +14,8 @@ from bench.compare import BAD_INPUT, CURRENT_FAILED, PASS, REGRESSION, Options, 
 from bench.compare_table import to_markdown
 from bench.metrics import ABSOLUTE, EXACT, INFO, QUALITY, RATIO, metric
 
-ENV = {"cpu": "AMD EPYC", "cores": 2, "gpu": "none", "torch_version": "2.13.0+cpu", "transformers_version": "5.23.0"}
+ENV = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cores": 2, "gpu": "none", "python": "3.11.7",
+       "torch_version": "2.13.0+cpu", "transformers_version": "5.23.0"}
 KEY = "m|smoke|full|"
 
 
@@ -114,6 +115,41 @@ def test_other_environment_marks_absolute_figures_not_comparable():
     assert verdicts(result)["tokens_per_s"] == "not comparable" and result.exit_code() == PASS
     assert result.env_diff == {"cpu": ("AMD EPYC", "Intel Xeon")}
     assert "not comparable" in to_markdown(result)
+
+
+def test_other_python_makes_timings_and_quality_not_comparable_and_is_named():
+    other = run(row(tokens_per_s=10.0, ppl=30.0, kl_vs_naive=0.5, cache_bytes=8192))
+    other["environment"]["python"] = "3.12.1"
+    result = compare(run(row()), other, Options(gate_absolute=True))
+    assert result.env_diff == {"python": ("3.11.7", "3.12.1")}
+    v = verdicts(result)
+    # the quality text is the stdlib's docstrings: another Python scores other text, not a worse strategy
+    assert v["tokens_per_s"] == v["ppl"] == v["kl_vs_naive"] == "not comparable"
+    # exact figures still gate: a lossless strategy reproduces naive on any text
+    assert v["greedy_agreement"] == "same" and v["cache_bytes"] == "changed" and result.exit_code() == REGRESSION
+    lines = to_markdown(result).splitlines()
+    assert "python: 3.11.7 → 3.12.1" in lines[2] and "absolute and quality" in lines[2]
+    assert any("not comparable (different python" in line and "| ppl [ppl] |" in line for line in lines)
+
+
+def test_other_cpu_capability_is_another_environment_for_timings_only():
+    other = run(row(tokens_per_s=10.0, ppl=30.0))
+    other["environment"]["cpu_capability"] = "AVX512"
+    result = compare(run(row()), other, Options(gate_absolute=True))
+    assert result.env_diff == {"cpu_capability": ("AVX2", "AVX512")}
+    v = verdicts(result)
+    assert v["tokens_per_s"] == "not comparable" and v["ppl"] == "regression" and result.exit_code() == REGRESSION
+    assert "cpu_capability: AVX2 → AVX512" in to_markdown(result).splitlines()[2]
+
+
+def test_a_key_an_old_baseline_does_not_record_is_unknown_not_different():
+    fast, slow = [100.0, 101, 99, 100.5, 99.5, 100.2, 99.8], [80.0, 81, 79, 80.5, 79.5, 80.2, 79.8]
+    old = run(row(), tokens_per_s=fast)
+    del old["environment"]["cpu_capability"]
+    result = compare(old, run(row(tokens_per_s=80.0), tokens_per_s=slow), Options(gate_absolute=True))
+    assert result.env_diff == {} and result.env_unknown == {"cpu_capability": "baseline"}
+    assert verdicts(result)["tokens_per_s"] == "regression"  # still judged: same machine as far as we know
+    assert "cpu_capability (no baseline value)" in to_markdown(result).splitlines()[2]
 
 
 def test_one_sided_cells_are_listed_and_a_lost_cell_fails():

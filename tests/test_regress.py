@@ -84,6 +84,35 @@ def test_a_a_same_code_twice_passes_with_ci_options(baseline, tmp_path):
     full = verdicts(tmp_path / "c.md", "random:tiny-llama|smoke|full|")
     for name in ("status", "cache_bytes", "cache_bytes_peak", "greedy_agreement", "generated_tokens", "ppl"):
         assert full[name] == "same", (name, full)
+    assert "Same environment" in (tmp_path / "c.md").read_text()
+    # what a run writes is standard JSON (jq, JSON.parse), and names the kvbench and Python that wrote it
+    data = json.loads((again / "results.json").read_text(), parse_constant=refuse)
+    assert data["schema_version"] == 2 and data["kvbench_version"] and data["environment"]["cpu_capability"]
+    assert all(r["python_version"] and r["cpu_capability"] for r in data["rows"])
+    for line in (again / "results.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=refuse)
+
+
+def refuse(token: str):
+    raise AssertionError(f"non-standard JSON token {token} in a results file")
+
+
+def test_the_committed_baseline_still_judges_a_run_in_todays_format(tmp_path):
+    """reports/baseline predates schema 2 (no cpu_capability, no schema_version): today's files compare with it
+    as the same environment, every figure judged."""
+    from bench.env import cpu_capability
+    from bench.results import load_results, row_key, write_run
+
+    old = load_results(REPO / "reports" / "baseline")
+    assert old["schema_version"] == 1 and "cpu_capability" not in old["environment"]
+    records = [{"row": {**r, "cpu_capability": cpu_capability()}, "spread": old["spread"].get(row_key(r), {}),
+                "samples": old["samples"].get(row_key(r), {})} for r in old["rows"]]
+    write_run(tmp_path, records, {**old["environment"], "cpu_capability": cpu_capability()}, old["meta"])
+    done = kvbench("compare", str(REPO / "reports" / "baseline"), str(tmp_path), *CI_COMPARE,
+                   "--markdown", str(tmp_path / "c.md"))
+    assert done.returncode == 0, done.stdout[-3000:]
+    text = (tmp_path / "c.md").read_text()
+    assert "Same environment" in text and "cpu_capability (no baseline value)" in text and "not comparable" not in text
 
 
 def test_planted_sleep_and_bigger_cache_are_caught(baseline, plant_dir, tmp_path):
