@@ -14,7 +14,8 @@ import torch
 import transformers
 
 from bench import env
-from bench.measure import (
+from bench.measure.quality import agreement, mean_kl, perplexity
+from bench.measure.timing import (
     RequestTiming,
     cuda_memory,
     peak_rss_mb,
@@ -24,13 +25,12 @@ from bench.measure import (
     synchronize,
 )
 from bench.models import load_model
-from bench.quality import agreement, mean_kl, perplexity
-from bench.results import TIMED
-from bench.workloads import get_workload
-from strategies.base import KVCache, StrategyFailed, Unsupported
-from strategies.packed_linear import pack_linear_weights
+from bench.results.rows import TIMED
+from bench.workloads.prompts import get_workload
+from strategies.core.base import KVCache, StrategyFailed, Unsupported
+from strategies.core.sampling import Sampling
+from strategies.kernels.packed_linear import pack_linear_weights
 from strategies.registry import compose, params_label
-from strategies.sampling import Sampling
 
 REFERENCE = "naive"
 SERVING_REFERENCE = "sequential"  # request workloads: full cache, one request at a time (itself exact vs naive)
@@ -59,7 +59,7 @@ class Cell:
     sampling: str = ""
     out_dir: str = "."
     quality: bool = True
-    request_rate: float = math.inf  # request workloads only: arrivals (bench/requests.py) and SLO (bench/serving.py)
+    request_rate: float = math.inf  # request workloads only: arrivals and SLO
     burstiness: float = 1.0
     slo: str = ""
     num_requests: int = 0  # request workloads: serve only the first N requests (0: all)
@@ -166,6 +166,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     torch.manual_seed(cell.seed)
     row = cell.base_row()
     comp = compose(cell.strategy, cell.params)
+    row["lossless"] = comp.lossless
     workload = get_workload(cell.workload)
     sampling = Sampling.parse(cell.sampling)
     if cell.seed and not sampling.is_greedy:
@@ -180,6 +181,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         row["weights"] = "packed"
     if comp.cache is not None and (reason := comp.cache.supports(model)):
         raise Unsupported(f"{comp.cache.name} does not support {cell.model}: {reason}")
+    # Drafts are built here, after packing (a bf16 draft packs like its target) and before any warm-up.
+    comp.decoder.prepare(model, load=lambda spec: load_model(spec, cell.dtype, cell.device, cell.seed).model)
     if getattr(workload, "is_request_workload", False):
         return run_request_cell(cell, comp, loaded, workload, sampling, row, rss_after_load)
     prompts = workload.prompts(loaded.tokenizer)
@@ -223,9 +226,9 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
 
 def run_request_cell(cell: Cell, comp, loaded, workload, sampling, row, rss_after_load) -> dict[str, Any]:
-    """A request workload (arrivals, many requests): measured by bench/serving.py; quality as for any cell, with
-    ``sequential`` as the token reference."""
-    from bench.serving import run_serving
+    """A request workload (arrivals, many requests): measured by bench/scenarios/requests.py; quality as for any
+    cell, with ``sequential`` as the token reference."""
+    from bench.scenarios.requests import run_serving
 
     reset_cuda_peaks(cell.device)
     figures, spreads, samples, tokens = run_serving(cell, comp, loaded, workload, sampling)

@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def cmd_list() -> int:
     from bench.models import EMBEDDED, RANDOM_SHAPES
-    from bench.workloads import all_workloads
+    from bench.workloads.prompts import all_workloads
     from strategies.registry import REGISTRY, declared
 
     print("strategies (compose as decoder+cache; a bare cache runs under 'step', a bare decoder over 'full'):")
@@ -116,9 +116,9 @@ def build_cells(args: argparse.Namespace):
     from bench.cell import Cell
     from bench.models import ModelNotFound, context_length, load_config, load_tokenizer, resolve
     from bench.runner import with_reference
-    from bench.workloads import get_workload
+    from bench.workloads.prompts import get_workload
+    from strategies.core.sampling import Sampling
     from strategies.registry import expand, parse_params
-    from strategies.sampling import Sampling
 
     try:
         sweeps = parse_params(args.param)
@@ -128,8 +128,8 @@ def build_cells(args: argparse.Namespace):
         grid = [(spec, params) for spec in specs for params in expand(spec, sweeps)]
         workloads = [get_workload(w.strip()) for w in args.workload.split(",") if w.strip()]
         Sampling.parse(args.sampling)
-        from bench.requests import arrival_offsets
-        from bench.serving import Slo
+        from bench.scenarios.requests import Slo
+        from bench.workloads.requests import arrival_offsets
         arrival_offsets(1, args.request_rate, args.burstiness)
         Slo.parse(args.slo)
         if args.num_requests < 0:
@@ -205,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     history = history_path(args, out)
     if history and rows:
         from bench.env import git_rev
-        from bench.history import append_history
+        from bench.results.history import append_history
 
         append_history(history, rows, git_rev(), run_id)
         print(f"appended {len(rows)} rows to {history}")
@@ -224,7 +224,7 @@ def history_path(args: argparse.Namespace, out: Path) -> Path | None:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from bench.history import plot_history, read_history
+    from bench.results.history import plot_history, read_history
 
     if args.out is not None and args.out.suffix.lower() != ".png":
         raise UsageError(f"--out {args.out} must be a .png file")
@@ -237,8 +237,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import write_report
-    from bench.results import ResultsError, read_jsonl, write_run
+    from bench.results.report import write_report
+    from bench.results.rows import ResultsError, read_jsonl, write_run
 
     run_dir = args.run_dir
     if not run_dir.is_dir():
@@ -258,8 +258,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import Options, compare_paths
-    from bench.compare_table import print_rich, to_markdown
+    from bench.results.compare import Options, compare_paths
+    from bench.results.compare_table import print_rich, to_markdown
 
     if args.quality_tol < 0 or not 0 <= args.ratio_tol < 1 or args.min_factor < 1 or not 0 < args.p_threshold < 1:
         raise UsageError("need --quality-tol >= 0, 0 <= --ratio-tol < 1, --min-factor >= 1, 0 < --p-threshold < 1")
@@ -268,7 +268,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare_paths(args.baseline, args.current, options)
     print_rich(result)
     if args.markdown:
-        from bench.results import atomic_write
+        from bench.results.rows import atomic_write
 
         atomic_write(args.markdown, to_markdown(result))
     return result.exit_code()
@@ -277,7 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
-    from bench.results import ResultsError
+    from bench.results.rows import ResultsError
 
     try:
         if args.command == "list":

@@ -2,7 +2,7 @@
 ISA level, the cores this process may use), memory, GPU, threads.
 
 torch and transformers are imported inside the functions that need them, so that reading and comparing results
-files (bench/results.py, bench/compare.py) does not pay for importing them.
+files (bench/results/rows.py, bench/results/compare.py) does not pay for importing them.
 """
 
 from __future__ import annotations

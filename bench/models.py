@@ -67,7 +67,8 @@ def cache_root() -> Path:
 def embedded_dir() -> Path:
     """The embedded model converted once from GGUF to safetensors (dequantizing takes ~20 s; loading after, ~1 s).
     Saved in 32 MB shards: loaded weights are views of each shard's memory map, and a map is released once none
-    of its tensors is referenced, so repacking the weights (strategies/packed_linear.py) frees them as it goes."""
+    of its tensors is referenced, so repacking the weights
+    (strategies/kernels/packed_linear.py) frees them as it goes."""
     target = cache_root() / "smollm2-135m-instruct-shards"
     if (target / "config.json").exists():
         return target

@@ -20,8 +20,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import env
 from bench.cell import REFERENCE, Cell, reference_for
-from bench.report import write_report
-from bench.results import append_jsonl, atomic_write, dumps, read_jsonl, row_key, write_run
+from bench.results.report import write_report
+from bench.results.rows import append_jsonl, atomic_write, dumps, read_jsonl, row_key, write_run
 
 console = Console(stderr=True)
 

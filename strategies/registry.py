@@ -11,31 +11,31 @@ import typing
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
-from strategies.base import CacheStrategy, DecodingStrategy, Strategy
-from strategies.chunk_summary import ChunkSummary
-from strategies.continuous import ContinuousBatching
-from strategies.full import FullCache
-from strategies.h2o import H2O
-from strategies.hf_assisted import HFAssisted, HFPromptLookup
-from strategies.hf_batch import HFBatch
-from strategies.hf_caches import HFQuantized, HFStatic
-from strategies.hf_continuous import HFContinuous
-from strategies.hf_generate import HFGenerate
-from strategies.keynorm import KeyNorm
-from strategies.lookahead import Lookahead
-from strategies.naive import NoCache
-from strategies.paged import Paged
-from strategies.prefix_cache import PrefixCache
-from strategies.prompt_lookup import PromptLookup
-from strategies.quantized import QuantInt4, QuantInt8, QuantMixed
-from strategies.sequential import Sequential
-from strategies.snapkv import SnapKV
-from strategies.speculative import Speculative
-from strategies.static import Static
-from strategies.static_batch import StaticBatch
-from strategies.step import StepDecoding
-from strategies.tova import TOVA
-from strategies.window import Sinks, SlidingWindow
+from strategies.caches.chunk_summary import ChunkSummary
+from strategies.caches.eviction.h2o import H2O
+from strategies.caches.eviction.keynorm import KeyNorm
+from strategies.caches.eviction.snapkv import SnapKV
+from strategies.caches.eviction.tova import TOVA
+from strategies.caches.full import FullCache
+from strategies.caches.naive import NoCache
+from strategies.caches.paged import Paged
+from strategies.caches.prefix_cache import PrefixCache
+from strategies.caches.quantized import QuantInt4, QuantInt8, QuantMixed
+from strategies.caches.static import Static
+from strategies.caches.window import Sinks, SlidingWindow
+from strategies.core.base import CacheStrategy, DecodingStrategy, Strategy
+from strategies.decoding.lookahead import Lookahead
+from strategies.decoding.prompt_lookup import PromptLookup
+from strategies.decoding.speculative import Speculative
+from strategies.decoding.step import StepDecoding
+from strategies.peers.hf_assisted import HFAssisted, HFPromptLookup
+from strategies.peers.hf_batch import HFBatch
+from strategies.peers.hf_continuous import HFContinuous
+from strategies.peers.hf_generate import HFGenerate
+from strategies.peers.hf_own_caches import HFQuantized, HFStatic
+from strategies.scheduling.continuous import ContinuousBatching
+from strategies.scheduling.sequential import Sequential
+from strategies.scheduling.static_batch import StaticBatch
 
 REGISTRY: dict[str, type[Strategy]] = {
     "naive": NoCache,

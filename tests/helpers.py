@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from strategies.core.sampling import GREEDY, Sampling
 from strategies.registry import compose
-from strategies.sampling import GREEDY, Sampling
 
 
 def generate(model, spec: str, prompts: list[list[int]], max_new: int, params=None,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strategies.block_pool import BlockPool, BlockTable, PoolExhausted
-from strategies.hf_compat import with_cache
-from strategies.paged import Paged
+from strategies.caches.block_pool import BlockPool, BlockTable, PoolExhausted
+from strategies.caches.paged import Paged
+from strategies.core.hf_compat import with_cache
 
 
 def test_pool_allocates_frees_and_shares_blocks():

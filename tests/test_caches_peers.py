@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.cell import Unsupported
-from strategies import hf_caches
+from strategies.peers import hf_own_caches as hf_caches
 from tests.helpers import generate, score
 from tests.test_cli import kvbench
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bench.models import load_model
+from strategies.core.forward import forward_logits
 from strategies.registry import compose
-from strategies.step import forward_logits
 from tests.helpers import generate
 
 PROMPT = list(range(5, 45))  # 40 tokens

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.results import COLUMNS
+from bench.results.rows import COLUMNS
 
 KVBENCH = [sys.executable, "-m", "bench.cli"]
 

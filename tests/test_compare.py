@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare import BAD_INPUT, CURRENT_FAILED, PASS, REGRESSION, Options, compare
-from bench.compare_table import to_markdown
-from bench.metrics import ABSOLUTE, EXACT, INFO, QUALITY, RATIO, metric
+from bench.results.compare import BAD_INPUT, CURRENT_FAILED, PASS, REGRESSION, Options, compare
+from bench.results.compare_table import to_markdown
+from bench.results.metrics import ABSOLUTE, EXACT, INFO, QUALITY, RATIO, metric
 
 ENV = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cores": 2, "gpu": "none", "python": "3.11.7",
        "torch_version": "2.13.0+cpu", "transformers_version": "5.23.0"}
@@ -20,7 +20,9 @@ KEY = "m|smoke|full|"
 
 
 def row(strategy: str = "full", **figures) -> dict:
-    base = {"model": "m", "workload": "smoke", "strategy": strategy, "params": "", "status": "ok", "error": "",
+    # rows say whether their strategy is lossless (every strategy these tests use is)
+    base = {"model": "m", "workload": "smoke", "strategy": strategy, "params": "", "lossless": True, "status": "ok",
+            "error": "",
             "tokens_per_s": 100.0, "ttft_ms": 10.0, "cache_bytes": 4096, "speedup_vs_naive": 2.0, "ppl": 20.0,
             "ppl_delta_pct": 0.0, "kl_vs_naive": 0.0, "greedy_agreement": 1.0, "first_divergence": -1,
             "dtype": "float32", "device": "cpu", "threads": 2, "sampling": "greedy", "seed": 0}
@@ -59,11 +61,18 @@ def test_exact_figures_any_change_is_a_regression_even_a_smaller_cache():
     assert verdicts(result)["cache_bytes"] == "changed" and result.exit_code() == REGRESSION
 
 
+def test_a_baseline_that_does_not_say_lossless_is_judged_by_the_current_row():
+    old = {k: v for k, v in row().items() if k != "lossless"}  # written before rows said so
+    assert verdicts(compare(run(old), run(row(greedy_agreement=0.995))))["greedy_agreement"] == "changed"
+    unknown = compare(run(old), run({**old, "greedy_agreement": 0.995}))
+    assert verdicts(unknown)["greedy_agreement"] == "same"  # neither side says: toleranced, never exact
+
+
 def test_lossless_agreement_is_exact_lossy_agreement_is_toleranced():
-    # "full" is lossless in the registry: agreement 1.0 -> 0.995 fails however small.
+    # The row says "full" is lossless: agreement 1.0 -> 0.995 fails however small.
     assert verdicts(compare(run(row()), run(row(greedy_agreement=0.995))))["greedy_agreement"] == "changed"
-    lossy = {"strategy": "not-registered-lossy"}
-    key = "m|smoke|not-registered-lossy|"
+    lossy = {"strategy": "quant-int4", "lossless": False}
+    key = "m|smoke|quant-int4|"
     ok = compare(run(row(**lossy)), run(row(**lossy, greedy_agreement=0.995)))
     assert verdicts(ok, key)["greedy_agreement"] == "same" and ok.exit_code() == PASS
     bad = compare(run(row(**lossy)), run(row(**lossy, greedy_agreement=0.95)))

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from bench.models import load_model
-from strategies.eviction import EvictionCache, EvictionLayer
-from strategies.hf_compat import with_cache
+from strategies.caches.eviction.base import EvictionCache, EvictionLayer
+from strategies.core.forward import forward_logits
+from strategies.core.hf_compat import with_cache
 from strategies.registry import StrategyError, compose, expand, parse_params
-from strategies.step import forward_logits
 from tests.helpers import generate, score
 
 EVICTORS = ("snapkv", "h2o", "tova", "keynorm")

@@ -9,11 +9,11 @@ import transformers
 from packaging.version import Version
 
 from bench.cell import probe_cache
-from strategies import eviction
-from strategies.base import StrategyFailed
-from strategies.hf_compat import TESTED_TRANSFORMERS, cache_in, cache_kwarg, with_cache
+from strategies.caches.eviction import base as eviction
+from strategies.core.base import StrategyFailed
+from strategies.core.hf_compat import TESTED_TRANSFORMERS, cache_in, cache_kwarg, with_cache
+from strategies.core.sampling import GREEDY
 from strategies.registry import compose
-from strategies.sampling import GREEDY
 
 EVICTORS = ("snapkv", "h2o", "tova", "keynorm")
 

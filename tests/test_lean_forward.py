@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bench.models import load_model
-from strategies.full import FullCache
-from strategies.lean_forward import lean_decoder
-from strategies.step import decode_one_token, prefill
+from strategies.caches.full import FullCache
+from strategies.core.forward import decode_one_token, prefill
+from strategies.kernels.lean_forward import lean_decoder
 
 
 @pytest.mark.parametrize("spec", ["smollm2-135m", "random:tiny-qwen2", "random:tiny-qwen3", "random:tiny-mistral"])

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from bench.measure import RequestTiming, percentile, spread, summarize_repeat
-from bench.quality import agreement, mean_kl, perplexity
+from bench.measure.quality import agreement, mean_kl, perplexity
+from bench.measure.timing import RequestTiming, percentile, spread, summarize_repeat
 
 
 def test_request_timing_ttft_tpot_e2e():

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from bench.models import load_model
-from strategies.packed_linear import PackedLinear, can_pack, pack_linear_weights, unpacked
+from strategies.kernels.packed_linear import PackedLinear, can_pack, pack_linear_weights, unpacked
 from tests.helpers import generate
 
 pytestmark = pytest.mark.skipif(not can_pack(load_model("random:tiny-llama").model), reason="no oneDNN on this CPU")

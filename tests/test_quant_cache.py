@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from bench.models import load_model
-from bench.workloads import get_workload
+from bench.workloads.prompts import get_workload
+from strategies.core.forward import forward_logits
 from strategies.registry import StrategyError, compose, expand, parse_params
-from strategies.step import forward_logits
 from tests.helpers import generate, score
 from tests.test_cli import kvbench
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strategies import kv_quant
+from strategies.kernels import kv_quant
 
 
 @settings(max_examples=60, deadline=None)

@@ -11,7 +11,7 @@ import pytest
 
 import strategies
 from strategies import registry
-from strategies.base import CacheStrategy, DecodingStrategy, Strategy
+from strategies.core.base import CacheStrategy, DecodingStrategy, Strategy
 from strategies.registry import REGISTRY, StrategyError, compose, expand, parse_params, split
 
 # modules with no strategy of their own

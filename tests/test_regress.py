@@ -20,7 +20,7 @@ SUITE = ["--model", "random:tiny-llama", "--workload", "smoke", "--strategies", 
 CI_COMPARE = (REPO / "reports" / "baseline" / "compare.args").read_text().split()
 PLANT = '''
 import os, time
-import strategies.full as full, strategies.step as step
+import strategies.caches.full as full, strategies.decoding.step as step
 if os.environ.get("PLANT_SLEEP"):
     decode = step.decode_one_token
     def slow(model, cache, *args, **kwargs):
@@ -101,7 +101,7 @@ def test_the_committed_baseline_still_judges_a_run_in_todays_format(tmp_path):
     """reports/baseline predates schema 2 (no cpu_capability, no schema_version): today's files compare with it
     as the same environment, every figure judged."""
     from bench.env import cpu_capability
-    from bench.results import load_results, row_key, write_run
+    from bench.results.rows import load_results, row_key, write_run
 
     old = load_results(REPO / "reports" / "baseline")
     assert old["schema_version"] == 1 and "cpu_capability" not in old["environment"]

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.history import COLUMNS, append_history, read_history
-from bench.plots import _frontier
-from bench.report import write_report
+from bench.results.history import COLUMNS, append_history, read_history
+from bench.results.plots import _frontier
+from bench.results.report import write_report
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"cpu": "AMD EPYC", "cores": 2, "gpu": "none", "python": "3.11", "torch_version": "2.13.0+cpu",

@@ -11,8 +11,8 @@ import torch
 
 from bench import env
 from bench.cell import Cell
-from bench.metrics import CONFIG
-from bench.results import (
+from bench.results.metrics import CONFIG
+from bench.results.rows import (
     COLUMNS,
     SCHEMA_VERSION,
     append_jsonl,

@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from strategies.sampling import Sampling
+from strategies.core.sampling import Sampling
 from tests.helpers import generate
 
 SETTINGS = [

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.requests import arrival_offsets
-from bench.serving import ServedRequest, Slo, serving_metrics
-from bench.workloads import CHAT_PROMPTS, encode_prompt, prose_tokens
-from strategies.block_pool import BlockPool
+from bench.scenarios.requests import ServedRequest, Slo, serving_metrics
+from bench.workloads.prompts import CHAT_PROMPTS, encode_prompt, prose_tokens
+from bench.workloads.requests import arrival_offsets
+from strategies.caches.block_pool import BlockPool
+from strategies.core.requests import Request
+from strategies.core.sampling import GREEDY
 from strategies.registry import compose
-from strategies.requests import Request
-from strategies.sampling import GREEDY
-from strategies.scheduler import Scheduler, Sequence
+from strategies.scheduling.scheduler import Scheduler, Sequence
 
 
 class SimClock:

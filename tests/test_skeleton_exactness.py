@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from bench.cell import kv_bytes_closed_form, probe_cache
-from bench.workloads import get_workload
+from bench.workloads.prompts import get_workload
+from strategies.core.sampling import GREEDY
 from strategies.registry import compose
-from strategies.sampling import GREEDY
 from tests.helpers import generate, score
 
 MAX_NEW = 24
@@ -42,7 +42,7 @@ def test_scoring_through_full_cache_equals_one_forward(smol):
 
 def test_scoring_really_reads_the_cache(smol, monkeypatch):
     """Corrupt what the cache returns for past tokens: a path that never read the cache would not notice."""
-    from strategies.full import PreallocatedLayer
+    from strategies.caches.full import PreallocatedLayer
 
     context, continuation = get_workload("smoke").quality_text(smol.tokenizer)
     clean = score(smol.model, "full", context, continuation)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from strategies.drafts import truncated
-from strategies.prompt_lookup import lookup
+from bench.models import load_model
+from strategies.core.sampling import GREEDY, Sampling
+from strategies.decoding.drafts import truncated
+from strategies.decoding.prompt_lookup import lookup
+from strategies.decoding.speculation import accept_drafts
 from strategies.registry import compose
-from strategies.sampling import GREEDY, Sampling
-from strategies.speculation import accept_drafts
 from tests.helpers import generate
 
 MAX_NEW = 20
@@ -20,6 +21,7 @@ MAX_NEW = 20
 def run(model, spec: str, params: dict, prompts, max_new: int, sampling=GREEDY, emit=None):
     """Tokens and the decoder's stats."""
     comp = compose(spec, {spec.split("+")[0]: params})
+    comp.decoder.prepare(model, load=lambda name: load_model(name).model)  # drafts named by a model spec
     out = comp.decoder.generate(model, lambda b, n: comp.cache.new_cache(model, b, n), prompts, max_new, sampling,
                                 emit or (lambda i, t: None))
     return out, comp.decoder.stats()

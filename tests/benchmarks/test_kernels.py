@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from bench.models import load_model
-from strategies.base import storage_bytes
-from strategies.full import FullCache
-from strategies.sampling import Sampling
-from strategies.step import decode_one_token, prefill
+from strategies.caches.full import FullCache
+from strategies.core.base import storage_bytes
+from strategies.core.forward import decode_one_token, prefill
+from strategies.core.sampling import Sampling
 
 KERNELS: dict[str, Callable[[], Callable[[], object]]] = {}
 PROMPT_TOKENS = 64

@@ -1,0 +1,174 @@
+"""The two strategy interfaces and the cache-layer base every cache strategy builds on.
+
+A *cache strategy* decides how K/V are kept: it builds a transformers ``Cache`` whose layers are ours, so any
+model family runs through its own forward unchanged. A *decoding strategy* decides how tokens are produced
+over whatever cache it is given. ``speculative+quant-int8`` is the speculative decoder handed quant-int8's
+``new_cache``. Strategies never read a clock: they call ``emit`` and the runner timestamps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from strategies.core.forward import score_through_cache
+from strategies.core.requests import serve_one_by_one
+
+# emit(request_index, token_ids): called by a decoder each time it produces tokens (possibly several at once).
+Emit = Callable[[int, Sequence[int]], None]
+# new_cache(batch, max_len) -> Cache | None (None: no cache, recompute everything — the naive path).
+NewCache = Callable[[int, int], "Cache | None"]
+
+
+@dataclass
+class Generation:
+    """What ``generate`` and ``serve`` return (gpt-fast's ``seq, stats``): the new token ids per prompt or request,
+    the figures of this very call (merged into the row), and the requests refused with the reason."""
+
+    tokens: list[list[int]]
+    stats: dict[str, Any] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)  # request index -> why it was refused (serving)
+
+
+class Unsupported(Exception):
+    """A strategy cannot run this model (the cell is reported ``status=skipped`` with this message)."""
+
+
+class StrategyFailed(Exception):
+    """A strategy ran but did not do its job (an eviction that kept everything): the cell is ``status=failed``."""
+
+
+def storage_bytes(*tensors: torch.Tensor | None) -> int:
+    """Bytes of the distinct storages behind ``tensors``: views and aliases are counted once."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is None:
+            continue
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+    return sum(seen.values())
+
+
+class KVLayer(CacheLayerMixin):
+    """Base of our per-layer caches: adds exact byte accounting to transformers' layer interface.
+
+    ``crop(n)`` with n < 0 drops the last ``-n`` tokens (rollback for speculative decoding), as transformers does.
+    """
+
+    is_sliding = False
+    is_croppable = True
+    lean_decode = False  # True: needs only update() (no hooks, no queries), so the lean decode forward may drive it
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor this layer holds (data, scales, zero-points, tables)."""
+        return [t for t in (self.keys, self.values) if t is not None]
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+
+class KVCache(Cache):
+    """A transformers ``Cache`` made of our layers, with exact byte accounting over all of them."""
+
+    def __init__(self, layers: list[KVLayer]):
+        super().__init__(layers=layers)
+
+    def nbytes(self) -> int:
+        return storage_bytes(*(t for layer in self.layers for t in layer.tensors()))
+
+    def check(self) -> str | None:
+        """None if the cache did its job (an eviction kept no more than its budget...), else why not: a strategy
+        that silently stops doing its job makes a failed row, never a number."""
+        return None
+
+    def stats(self) -> dict[str, float]:
+        """Strategy-specific figures (blocks used, fragmentation...). Merged into the result row."""
+        return {}
+
+
+def num_cache_layers(config: Any) -> int:
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(config.num_hidden_layers)
+
+
+@dataclass
+class Strategy:
+    """Parameters are dataclass fields with defaults; ``validate`` raises ValueError naming what is allowed."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # "cache" or "decoding"
+    lossless: ClassVar[bool] = False  # must reproduce naive greedy tokens exactly
+    summary: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check parameter values; override and raise ValueError with the allowed range."""
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class CacheStrategy(Strategy):
+    kind: ClassVar[str] = "cache"
+    holds_kv: ClassVar[bool] = True  # False only for naive, which recomputes instead of caching
+
+    def new_cache(self, model: PreTrainedModel, batch: int, max_len: int) -> Cache | None:
+        raise NotImplementedError
+
+    def supports(self, model: PreTrainedModel) -> str | None:
+        """None if this cache works with ``model``, else the reason it does not."""
+        return None
+
+
+@dataclass
+class DecodingStrategy(Strategy):
+    kind: ClassVar[str] = "decoding"
+    takes_cache: ClassVar[bool] = True  # peers that drive transformers' own caches set False
+    peer: ClassVar[bool] = False  # a library's own path (transformers): run on the stock model, never repacked
+    default_cache: ClassVar[str] = "full"  # the cache a bare decoder name runs over
+
+    def prepare(self, model: PreTrainedModel, load: Callable[[str], PreTrainedModel] | None = None) -> None:
+        """Build what this decoder needs for ``model`` (a draft model...) before warm-up, untimed. ``load(spec)``
+        loads another model in the target's dtype and device, for drafts named by a model spec."""
+
+    def generate(
+        self,
+        model: PreTrainedModel,
+        new_cache: NewCache,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        sampling: Any,
+        emit: Emit,
+    ) -> list[list[int]]:
+        """Generate exactly ``max_new_tokens`` for each prompt; return the new token ids per prompt."""
+        raise NotImplementedError
+
+    def score(
+        self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int], continuation_ids: list[int]
+    ) -> torch.Tensor:
+        """Teacher-forced log-probs [len(continuation), vocab] of each continuation position, read through the cache:
+        prefill the prompt, then feed the continuation one token at a time. Decoders whose cache path is the
+        plain step path (speculation verifies against the same cache) keep this default."""
+        return score_through_cache(model, new_cache, prompt_ids, continuation_ids)
+
+    def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list, sampling: Any, emit: Emit,
+              clock: Any, cache: CacheStrategy | None = None) -> list[list[int]]:
+        """Serve a request workload (``strategies.core.requests.Request`` with arrival offsets); tokens per request.
+        The default serves one request after another in arrival order; schedulers override it. ``cache`` is the
+        cache strategy itself, for engines that manage their own memory (block pools, prefix caching)."""
+        return serve_one_by_one(self, model, new_cache, requests, sampling, emit, clock)
+
+    def stats(self) -> dict[str, Any]:
+        """Figures of the last ``generate`` call merged into the row (acceptance rate, target forwards...)."""
+        return {}

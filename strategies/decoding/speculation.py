@@ -1,0 +1,158 @@
+"""Draft-then-verify, shared by every speculating decoder (speculative, prompt-lookup, lookahead).
+
+A *proposer* guesses up to ``k`` next tokens; the target scores the last token plus all guesses in ONE forward
+through its cache (explicit positions), keeps the accepted prefix plus one token of its own, and the cache is
+rolled back past the first rejection with ``crop(-n)``. Acceptance is the rejection-sampling rule of Leviathan
+et al. / Chen et al. (``accept_drafts``), so the output follows the target's distribution; under greedy both
+distributions are one-hot and it reduces to "keep drafts while they equal the target's argmax".
+
+Only ``new_cache``, the model forward (which calls ``update``), ``get_seq_length`` and ``crop`` touch the cache,
+so this runs over any cache strategy. The per-phase milliseconds are the decoder's own diagnostics (read with
+``perf_counter`` around drafting and verifying), not the row's latency: the runner still times every emitted
+token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import Cache, PreTrainedModel
+
+from strategies.core.base import DecodingStrategy, Emit, NewCache
+from strategies.core.forward import forward_logits, prefill
+from strategies.core.sampling import Sampling, draw, eos_ids
+
+
+class Proposer(Protocol):
+    def propose(self, seq: torch.Tensor, length: int, max_drafts: int) -> tuple[list[int], torch.Tensor | None]:
+        """Up to ``max_drafts`` tokens continuing ``seq[0, :length]`` and the distributions [m, vocab] they were
+        drawn from (None: chosen deterministically). May scribble on ``seq`` past ``length``."""
+        ...
+
+    def accepted(self, length: int, predicted: list[int], num_accepted: int) -> None:
+        """``seq[0, :length]`` is now final: forget any state past it. ``predicted``: the target's most likely
+        token at every position of the verify forward (the first ``num_accepted`` equal the accepted drafts)."""
+        ...
+
+
+def accept_drafts(p: torch.Tensor, q: torch.Tensor, drafts: list[int],
+                  generator: torch.Generator | None = None) -> tuple[int, int]:
+    """Rejection sampling over one speculation step: (number of drafts accepted, the token that follows them).
+
+    ``p`` [m+1, vocab] are the target's distributions at each draft position and one past the last, ``q`` [m, vocab]
+    the draft's. Draft ``j`` is kept with probability min(1, p/q); at the first rejection the next token is drawn
+    from norm(max(0, p - q)); if all are kept it is drawn from ``p[m]``. The result is distributed as ``p``.
+    """
+    for j, d in enumerate(drafts):
+        if torch.rand((), generator=generator) * q[j, d] < p[j, d]:
+            continue
+        residual = (p[j] - q[j]).clamp_min(0)
+        total = residual.sum()
+        return j, int(draw(residual / total if total > 0 else p[j], generator))
+    return len(drafts), int(draw(p[len(drafts)], generator))
+
+
+def one_hot(tokens: list[int], vocab: int) -> torch.Tensor:
+    return torch.zeros(len(tokens), vocab).scatter_(1, torch.tensor(tokens).view(-1, 1), 1.0)
+
+
+@dataclass
+class SpeculationStats:
+    """Counts over one ``generate`` call (all its requests)."""
+
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+    target_forwards: int = 0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        steps = max(self.steps, 1)
+        return {
+            "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
+            "mean_accepted_len": (self.accepted + self.steps) / steps,  # tokens kept per verify forward
+            "draft_ms_per_step": 1000 * self.draft_s / steps,
+            "verify_ms_per_step": 1000 * self.verify_s / steps,
+            "target_forwards": self.target_forwards,
+            "target_forwards_per_token": self.target_forwards / max(self.emitted, 1),
+        }
+
+
+def verify_logits(model: PreTrainedModel, cache: Cache | None, seq: torch.Tensor, length: int, m: int) -> torch.Tensor:
+    """Target logits [m+1, vocab] after ``seq[length-1]`` and each of the ``m`` drafts behind it, one forward."""
+    if cache is None:  # naive: recompute the whole sequence
+        return forward_logits(model, seq[:, : length + m], None, 0, all_logits=True)[length - 1 :]
+    return forward_logits(model, seq[:, length - 1 : length + m], cache, length - 1, all_logits=True)
+
+
+def speculate(model: PreTrainedModel, cache: Cache | None, prompt: list[int], max_new_tokens: int,
+              sampling: Sampling, proposer_for, k: int, emit, stats: SpeculationStats) -> list[int]:
+    """Generate exactly ``max_new_tokens`` after ``prompt``; ``emit(tokens)`` after the prefill and every step."""
+    device, banned = model.device, eos_ids(model)
+    gen = sampling.generator(device)
+    n, end = len(prompt), len(prompt) + max_new_tokens
+    seq = torch.empty(1, end, dtype=torch.long, device=device)
+    seq[0, :n] = torch.tensor(prompt, device=device)
+    proposer: Proposer = proposer_for(seq, end, gen, banned)
+    first = int(sampling.select(prefill(model, cache, seq[:, :n]), seq[:, :n], gen, banned))
+    seq[0, n], length = first, n + 1
+    stats.target_forwards, stats.emitted = stats.target_forwards + 1, stats.emitted + 1
+    emit([first])
+    while length < end:
+        t0 = time.perf_counter()
+        # the target adds one token of its own to the accepted drafts: never propose past the end
+        drafts, q = proposer.propose(seq, length, min(k, end - length - 1))
+        t1 = time.perf_counter()
+        m = len(drafts)
+        seq[0, length : length + m] = torch.tensor(drafts, dtype=torch.long, device=device)
+        logits = verify_logits(model, cache, seq, length, m)
+        p = torch.stack([sampling.distribution(logits[j], seq[:, : length + j], banned) for j in range(m + 1)])
+        a, token = accept_drafts(p, one_hot(drafts, p.shape[-1]) if q is None else q, drafts, gen)
+        if cache is not None and m > a:
+            cache.crop(a - m)  # the cache holds seq[:length+m]; keep seq[:length+a]
+        new = drafts[:a] + [token]
+        seq[0, length + a] = token
+        length += a + 1
+        proposer.accepted(length, p.argmax(-1).tolist(), a)
+        stats.steps, stats.drafted, stats.accepted = stats.steps + 1, stats.drafted + m, stats.accepted + a
+        stats.target_forwards, stats.emitted = stats.target_forwards + 1, stats.emitted + len(new)
+        stats.draft_s, stats.verify_s = stats.draft_s + t1 - t0, stats.verify_s + time.perf_counter() - t1
+        emit(new)
+    return seq[0, n:].tolist()
+
+
+class SpeculativeDecoder(DecodingStrategy):
+    """Base of the speculating decoders: a subclass supplies ``k`` and ``proposer``; scoring is the step path
+    (verification reads the same cache a step decoder would)."""
+
+    lossless = True
+
+    def proposer(self, model: PreTrainedModel, seq: torch.Tensor, end: int, generator: torch.Generator,
+                 banned: list[int], sampling: Sampling) -> Proposer:
+        raise NotImplementedError
+
+
+    @torch.inference_mode()
+    def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: Sampling, emit: Emit) -> list[list[int]]:
+        self.prepare(model)
+        self._stats = stats = SpeculationStats()
+        outputs = []
+        for i, prompt in enumerate(prompts):
+            cache = new_cache(1, len(prompt) + max_new_tokens - 1)  # never more than a step decoder's cache holds
+
+            def proposer_for(seq, end, gen, banned):
+                return self.proposer(model, seq, end, gen, banned, sampling)
+
+            outputs.append(speculate(model, cache, prompt, max_new_tokens, sampling, proposer_for, self.k,
+                                     lambda tokens, i=i: emit(i, tokens), stats))
+        return outputs
+
+    def stats(self) -> dict[str, Any]:
+        stats = getattr(self, "_stats", None)
+        return stats.row() if stats else {}

@@ -1,0 +1,86 @@
+"""`hf-continuous`: the peer of `continuous` — transformers' own continuous-batching manager (paged cache,
+its scheduler, a background generation thread), fed requests as they arrive and streamed back token by token.
+
+Timestamps are taken when a streamed token reaches us (the client's view). EOS is disabled per request so each
+generates exactly its ``max_new_tokens``. If the installed transformers cannot run it on this device, the cell
+reports the error (status failed) rather than a number.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from strategies.core.requests import Request
+from strategies.peers.hf_generate import HFGenerate
+
+
+class InstantClock:
+    def now(self) -> float:
+        return float("inf")
+
+    def wait_until(self, t: float) -> None:
+        pass
+
+
+@dataclass
+class HFContinuous(HFGenerate):
+    name = "hf-continuous"
+    lossless = True
+    summary = "peer: transformers' continuous-batching manager (generate_batch's engine), requests added on arrival"
+    max_batch: int = 16  # requests per step, as `continuous`
+    num_blocks: int = 32  # of transformers' 256-token pages
+    max_batch_tokens: int = 1024
+
+    def generate(self, model, new_cache, prompts, max_new_tokens, sampling, emit) -> list[list[int]]:
+        requests = [Request(i, tuple(p), max_new_tokens) for i, p in enumerate(prompts)]
+        return self.serve(model, new_cache, requests, sampling, emit, InstantClock())
+
+    @torch.inference_mode()
+    def serve(self, model, new_cache, requests: list[Request], sampling, emit, clock, cache=None):
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        config = GenerationConfig(do_sample=not sampling.is_greedy, max_new_tokens=max(r.max_new_tokens
+                                  for r in requests), eos_token_id=-1, pad_token_id=0)
+        if not sampling.is_greedy:
+            config.temperature, config.top_p = sampling.temperature, sampling.top_p
+        sizes = ContinuousBatchingConfig(num_blocks=self.num_blocks, max_batch_tokens=self.max_batch_tokens,
+                                         max_requests_per_batch=self.max_batch)  # else it sizes to 60% of RAM
+        manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=sizes)
+        outputs: list[list[int]] = [[] for _ in requests]
+        emitted = [0] * len(requests)
+        pending = deque(sorted(requests, key=lambda r: (r.arrival_s, r.index)))
+        manager.start()
+        try:
+            done = 0
+            while done < len(requests):
+                now = clock.now()
+                while pending and pending[0].arrival_s <= now:
+                    r = pending.popleft()
+                    manager.add_request(list(r.prompt), request_id=f"r{r.index}", max_new_tokens=r.max_new_tokens,
+                                        streaming=True, eos_token_id=-1)
+                result = manager.get_result(timeout=0.002)
+                if result is None:
+                    if not manager.is_running():
+                        raise RuntimeError("transformers' continuous-batching thread stopped: "
+                                           f"{manager.background_thread_status.fatal_error}")
+                    continue
+                if result.error:
+                    raise RuntimeError(f"transformers' continuous batching failed a request: {result.error}")
+                i = int(result.request_id[1:])
+                new = result.generated_tokens[emitted[i]:]
+                if new:
+                    emit(i, new)
+                    emitted[i] += len(new)
+                if result.is_finished():
+                    outputs[i] = list(result.generated_tokens)
+                    done += 1
+        finally:
+            manager.stop(block=True, timeout=10)
+            model.destroy_cached_continuous_batching_manager()
+            if hasattr(manager, "destroy"):
+                manager.destroy()
+        return outputs

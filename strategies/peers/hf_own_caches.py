@@ -1,0 +1,113 @@
+"""Peer rows: transformers' own StaticCache and QuantizedCache, driven by its ``generate()`` in the same harness.
+
+`hf-static` is ``cache_implementation="static"``; `hf-quantized` is ``cache_implementation="quantized"`` (KIVI-style:
+the last ``residual_length`` tokens in full precision, older ones group-wise quantized) with the quanto backend for
+2 and 4 bits and HQQ for 8 bits — optional extras; without the backend the cell is skipped with the reason.
+Scoring goes through the same cache class, one token per forward after the prompt. transformers 5.x has no
+standalone sliding-window or sink cache any more (sliding layers exist only for models that declare them), so those
+have no peer row. Their bytes are not probed: the harness does not see inside transformers' caches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from transformers import Cache, PreTrainedModel, QuantizedCache, StaticCache
+from transformers.utils import is_hqq_available, is_optimum_quanto_available
+
+from strategies.core.base import Emit, NewCache, Unsupported
+from strategies.core.hf_compat import with_cache
+from strategies.core.sampling import Sampling
+from strategies.peers.hf_generate import EmitStreamer, HFGenerate, generate_kwargs
+
+
+@dataclass
+class HFCachePeer(HFGenerate):
+    """transformers ``generate`` with ``cache_implementation`` (and ``cache_config``) of a subclass."""
+
+    name = ""  # a base, not a registry entry
+    summary = ""
+    cache_implementation: ClassVar[str] = ""
+
+    def cache_config(self) -> dict[str, Any] | None:
+        return None
+
+    def make_cache(self, model: PreTrainedModel, max_len: int) -> Cache:
+        raise NotImplementedError
+
+    def check_backend(self) -> None:
+        """Raise bench.cell.Unsupported when an optional backend is missing."""
+
+    @torch.inference_mode()
+    def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: Sampling, emit: Emit) -> list[list[int]]:
+        self.check_backend()
+        outputs = []
+        for i, prompt in enumerate(prompts):
+            torch.manual_seed(sampling.seed)
+            ids = torch.tensor([prompt], device=model.device)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), streamer=EmitStreamer(emit, i),
+                                 pad_token_id=model.config.eos_token_id, cache_implementation=self.cache_implementation,
+                                 cache_config=self.cache_config(), **generate_kwargs(sampling, max_new_tokens))
+            outputs.append(out[0, len(prompt):].tolist())
+        return outputs
+
+    @torch.inference_mode()
+    def score(self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int],
+              continuation_ids: list[int]) -> torch.Tensor:
+        self.check_backend()
+        n, m = len(prompt_ids), len(continuation_ids)
+        cache = self.make_cache(model, n + m)
+        ids = torch.tensor([prompt_ids + continuation_ids], device=model.device)
+        rows = [model(input_ids=ids[:, :n], **with_cache(model, cache), logits_to_keep=1).logits[0, -1]]
+        for t in range(1, m):
+            rows.append(model(input_ids=ids[:, n + t - 1 : n + t], **with_cache(model, cache)).logits[0, -1])
+        return torch.stack(rows).float().log_softmax(-1)
+
+
+@dataclass
+class HFStatic(HFCachePeer):
+    name = "hf-static"
+    lossless = True
+    summary = "peer: transformers generate() with its StaticCache"
+    cache_implementation = "static"
+
+    def make_cache(self, model: PreTrainedModel, max_len: int) -> Cache:
+        return StaticCache(config=model.config, max_cache_len=max_len)
+
+
+BACKENDS = {2: "quanto", 4: "quanto", 8: "hqq"}
+
+
+@dataclass
+class HFQuantized(HFCachePeer):
+    name = "hf-quantized"
+    summary = "peer: transformers QuantizedCache (quanto 2/4-bit, HQQ 8-bit; residual_length recent tokens exact)"
+    cache_implementation = "quantized"
+    nbits: int = 4
+    q_group_size: int = 64
+    residual_length: int = 128
+
+    def validate(self) -> None:
+        if self.nbits not in BACKENDS:
+            raise ValueError(f"nbits must be one of 2, 4 (quanto) or 8 (HQQ), got {self.nbits}")
+        if self.q_group_size < 1 or self.residual_length < 0:
+            raise ValueError("q_group_size must be >= 1 and residual_length >= 0")
+
+    def check_backend(self) -> None:
+        backend = BACKENDS[self.nbits]
+        available = is_optimum_quanto_available() if backend == "quanto" else is_hqq_available()
+        if not available:
+            package = "optimum-quanto (pip install -e .[quanto])" if backend == "quanto" else "hqq (pip install hqq)"
+            raise Unsupported(f"hf-quantized nbits={self.nbits} needs the {backend} backend: "
+                              f"{package} is not installed")
+
+    def cache_config(self) -> dict[str, Any]:
+        return {"backend": BACKENDS[self.nbits], "nbits": self.nbits, "q_group_size": self.q_group_size,
+                "residual_length": self.residual_length}
+
+    def make_cache(self, model: PreTrainedModel, max_len: int) -> Cache:
+        config = self.cache_config()
+        return QuantizedCache(config.pop("backend"), model.config, **config)

@@ -1,0 +1,138 @@
+"""`continuous`: iteration-level scheduling over a block pool (Orca, vLLM): every step admits arrived requests
+while ``max_batch`` and free blocks allow, runs their prefill (whole, or ``chunked_prefill`` tokens per step)
+and one batched decode step for all others, and retires finished requests at once. When blocks run out the
+newest running request is preempted and later recomputed (counted in ``preemptions``).
+
+Policy lives in scheduler.py, the batched forward over the pool in paged_batch.py; this
+module is the engine loop. It runs over ``paged`` (the default) or ``prefix-cache`` (shared prompt prefixes).
+The pool (``num_blocks`` × ``block_size`` tokens, all layers) is reserved once per run, as a server does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from strategies.caches.block_pool import BlockPool
+from strategies.caches.prefix_cache import PrefixCache, PrefixIndex
+from strategies.core.base import DecodingStrategy, num_cache_layers
+from strategies.core.requests import Request
+from strategies.core.sampling import Sampling, eos_ids
+from strategies.scheduling.paged_batch import forward_rows
+from strategies.scheduling.scheduler import RequestTooLarge, Scheduler, Sequence
+
+
+class InstantClock:
+    """Every request has arrived (the single-prompt interface)."""
+
+    def now(self) -> float:
+        return math.inf
+
+    def wait_until(self, t: float) -> None:
+        pass
+
+
+@dataclass
+class ContinuousBatching(DecodingStrategy):
+    name = "continuous"
+    lossless = True
+    default_cache = "paged"
+    allowed_caches = ("paged", "prefix-cache")
+    summary = "iteration-level batching over a paged block pool; preempts (recompute) when blocks run out"
+    max_batch: int = 16
+    block_size: int = 16
+    num_blocks: int = 256
+    chunked_prefill: int = 0  # prompt tokens per step (0: whole prompts at admission)
+
+    def validate(self) -> None:
+        for key in ("max_batch", "block_size", "num_blocks"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"continuous.{key} must be >= 1, got {getattr(self, key)}")
+        if self.chunked_prefill < 0:
+            raise ValueError(f"continuous.chunked_prefill must be >= 0 (0 = off), got {self.chunked_prefill}")
+
+    def generate(self, model, new_cache, prompts, max_new_tokens, sampling, emit) -> list[list[int]]:
+        requests = [Request(i, tuple(p), max_new_tokens) for i, p in enumerate(prompts)]
+        return self.serve(model, new_cache, requests, sampling, emit, InstantClock())
+
+    @torch.inference_mode()
+    def serve(self, model: PreTrainedModel, new_cache, requests: list[Request], sampling: Sampling, emit,
+              clock, cache=None) -> list[list[int]]:
+        config = model.config.get_text_config()
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        layers = num_cache_layers(model.config)
+        block_size = self.block_size
+        pool = BlockPool(self.num_blocks, block_size, layers, heads, head_dim, model.dtype, model.device)
+        pool.keys.zero_(), pool.values.zero_()  # padding reads stale slots with zero weight: keep them finite
+        prefix = PrefixIndex(block_size) if isinstance(cache, PrefixCache) else None
+        sched = Scheduler(pool, self.max_batch, prefix)
+        banned, gen = eos_ids(model), sampling.generator(model.device)
+        outputs: list[list[int]] = [[] for _ in requests]
+        self.failures: dict[int, str] = {}
+        arrivals = deque(sorted(requests, key=lambda r: (r.arrival_s, r.index)))
+        peak_used, utilisation, steps = 0, 0.0, 0
+        while arrivals or sched.running or sched.waiting:
+            now = clock.now()
+            while arrivals and arrivals[0].arrival_s <= now:
+                r = arrivals.popleft()
+                try:
+                    sched.check_fits(r)
+                    sched.waiting.append(Sequence(r, list(r.prompt)))
+                except RequestTooLarge as e:
+                    self.failures[r.index] = str(e)
+            if not sched.running and not sched.waiting:
+                if arrivals:
+                    clock.wait_until(arrivals[0].arrival_s)
+                continue
+            running = sched.schedule()
+            peak_used = max(peak_used, pool.num_used_blocks)
+            utilisation += sum(s.num_computed for s in running) / max(1, pool.num_used_blocks * block_size)
+            steps += 1
+            ready = self.run_step(model, sched, layers, running)
+            for seq, logits in ready:
+                token = int(sampling.select(logits, torch.tensor([seq.tokens], device=model.device), gen, banned))
+                seq.tokens.append(token)
+                emit(seq.request.index, [token])
+                if seq.is_finished:
+                    outputs[seq.request.index] = seq.tokens[len(seq.request.prompt):]
+                    sched.finish(seq)
+        self._stats = {"peak_blocks_used": peak_used, "num_blocks": self.num_blocks,
+                       "block_utilisation": utilisation / steps if steps else math.nan,
+                       "preemptions": sched.num_preemptions, "pool_bytes": pool.reserved_bytes,
+                       "prefix_hit_rate": sched.num_cached_tokens / max(1, sched.num_prompt_tokens)
+                       if prefix is not None else math.nan, "failed_requests": len(self.failures)}
+        return outputs
+
+    def run_step(self, model, sched: Scheduler, layers: int, running: list[Sequence]):
+        """Prefill (chunks) one sequence per forward, then one batched decode for every sequence with one pending
+        token; returns (sequence, logits) for those whose every token is now computed."""
+        ready, budget, pool = [], self.chunked_prefill or math.inf, sched.pool
+        decoding = [s for s in running if s.num_pending == 1]
+        for seq in (s for s in running if s.num_pending > 1):
+            n = int(min(seq.num_pending, budget))
+            if n < 1:
+                break
+            budget -= n
+            start = seq.num_computed
+            logits = forward_rows(model, pool, layers, [(seq.blocks, seq.tokens[start : start + n], start)])[0]
+            seq.num_computed += n
+            sched.register_full_blocks(seq)
+            if seq.num_pending == 0:
+                ready.append((seq, logits))
+        if decoding:
+            logits = forward_rows(model, pool, layers,
+                                  [(s.blocks, s.tokens[-1:], s.num_computed) for s in decoding])
+            for seq, row in zip(decoding, logits):
+                seq.num_computed += 1
+                sched.register_full_blocks(seq)
+                ready.append((seq, row))
+        return ready
+
+    def stats(self) -> dict[str, Any]:
+        return getattr(self, "_stats", {})
