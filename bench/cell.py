@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 import transformers
+from transformers import PreTrainedModel
 
 from bench import env
+from bench.measure.cache_bytes import CacheWatch
 from bench.measure.quality import agreement, mean_kl, perplexity
 from bench.measure.timing import (
     RequestTiming,
@@ -24,13 +26,14 @@ from bench.measure.timing import (
     summarize_repeat,
     synchronize,
 )
-from bench.models import load_model
+from bench.models import LoadedModel, load_model
 from bench.results.rows import TIMED
-from bench.workloads.prompts import get_workload
-from strategies.core.base import KVCache, StrategyFailed, Unsupported
+from bench.scenarios.requests import check_served, run_serving
+from bench.workloads.catalog import get_workload
+from strategies.core.base import Generation, StrategyFailed, Unsupported, kv_shape
 from strategies.core.sampling import Sampling
 from strategies.kernels.packed_linear import pack_linear_weights
-from strategies.registry import compose, params_label
+from strategies.registry import Composition, compose, params_label
 
 REFERENCE = "naive"
 SERVING_REFERENCE = "sequential"  # request workloads: full cache, one request at a time (itself exact vs naive)
@@ -94,7 +97,8 @@ def clock(device: str) -> float:
     return time.perf_counter()
 
 
-def timed_run(decoder, model, new_cache, prompts, max_new, sampling, device):
+def timed_run(comp: Composition, model: PreTrainedModel, prompts: list[list[int]], max_new: int,
+              sampling: Sampling, device: str) -> tuple[Generation, dict[str, float], list[RequestTiming]]:
     """One timed pass over all prompts. A request starts when the previous one's last token was emitted."""
     stamps: dict[int, list[float]] = defaultdict(list)
 
@@ -103,58 +107,43 @@ def timed_run(decoder, model, new_cache, prompts, max_new, sampling, device):
         stamps[i].extend([now] * len(tokens))
 
     start = clock(device)
-    tokens = decoder.generate(model, new_cache, prompts, max_new, sampling, emit)
+    out = comp.decoder.generate(model, comp.cache_factory(model), prompts, max_new, sampling, emit)
     end = clock(device)
     timings, begin = [], start
     for i in range(len(prompts)):
         timings.append(RequestTiming(begin, tuple(stamps[i])))
         begin = stamps[i][-1] if stamps[i] else begin
-    return tokens, summarize_repeat(timings, end - start), timings
+    return out, summarize_repeat(timings, end - start), timings
 
 
-def kv_bytes_closed_form(config, tokens: int, dtype: torch.dtype) -> int:
+def kv_bytes_closed_form(config: Any, tokens: int, dtype: torch.dtype) -> int:
     """2 · layers · kv_heads · head_dim · tokens · bytes — what a full cache of ``tokens`` holds."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    layers, kv_heads, head_dim = kv_shape(config)
     return 2 * layers * kv_heads * head_dim * tokens * torch.empty((), dtype=dtype).element_size()
 
 
-def probe_cache(comp, model, prompts, max_new, sampling) -> dict[str, Any]:
+def probe_cache(comp: Composition, model: PreTrainedModel, prompts: list[list[int]], max_new: int,
+                sampling: Sampling) -> dict[str, Any]:
     """Untimed pass over the longest prompt, reading the bytes the cache really holds after every emission."""
     if comp.cache is None:
         return {}  # peers drive transformers' own cache, which we do not see into
     if not comp.cache.holds_kv:
         return {"cache_bytes": 0, "cache_bytes_peak": 0, "cache_bytes_per_token": 0.0}
-    live: list[KVCache] = []
-    peak = 0
-
-    def new_cache(batch: int, max_len: int):
-        cache = comp.cache.new_cache(model, batch, max_len)
-        if cache is not None:
-            live.append(cache)
-        return cache
-
-    def emit(i: int, tokens) -> None:
-        nonlocal peak
-        peak = max(peak, sum(c.nbytes() for c in live if hasattr(c, "nbytes")))
-
+    watch = CacheWatch(comp.cache_factory(model), keep=True)
     longest = max(prompts, key=len)
-    comp.decoder.generate(model, new_cache, [longest], max_new, sampling, emit)
-    if not live:
+    comp.decoder.generate(model, watch.new_cache, [longest], max_new, sampling, lambda i, tokens: watch.read())
+    if not watch.caches:
         return {"cache_bytes": 0, "cache_bytes_peak": 0, "cache_bytes_per_token": 0.0}
-    for cache in live:
-        if hasattr(cache, "check") and (why := cache.check()):
-            raise StrategyFailed(why)
-    end = sum(c.nbytes() for c in live if hasattr(c, "nbytes"))
+    if why := watch.failure():
+        raise StrategyFailed(why)
+    end = watch.nbytes()
     seq = len(longest) + max_new - 1  # the last emitted token is never fed back
     theory = kv_bytes_closed_form(model.config, seq, model.dtype)
-    row = {"cache_bytes": end, "cache_bytes_peak": max(peak, end), "cache_bytes_per_token": end / seq,
+    row = {"cache_bytes": end, "cache_bytes_peak": max(watch.peak, end), "cache_bytes_per_token": end / seq,
            "cache_bytes_theory": theory, "compression_ratio": theory / end if end else float("inf")}
-    if hasattr(live[-1], "stats"):
-        row.update(live[-1].stats())
+    last = watch.caches[-1]
+    if hasattr(last, "stats"):
+        row.update(last.stats())
     return row
 
 
@@ -183,35 +172,44 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         raise Unsupported(f"{comp.cache.name} does not support {cell.model}: {reason}")
     # Drafts are built here, after packing (a bf16 draft packs like its target) and before any warm-up.
     comp.decoder.prepare(model, load=lambda spec: load_model(spec, cell.dtype, cell.device, cell.seed).model)
-    if getattr(workload, "is_request_workload", False):
-        return run_request_cell(cell, comp, loaded, workload, sampling, row, rss_after_load)
+    # a request workload (arrivals, many requests) is measured as a server is: bench/scenarios/requests.py
+    scenario = run_serving if getattr(workload, "is_request_workload", False) else run_prompts
+    reset_cuda_peaks(cell.device)
+    figures, spreads, samples, tokens = scenario(cell, comp, loaded, workload, sampling)
+    row.update(figures)
+    return finish_row(cell, comp, loaded, workload, sampling, row, tokens, spreads, samples, rss_after_load)
+
+
+def run_prompts(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, sampling: Sampling
+                ) -> tuple[dict[str, Any], dict, dict, list[list[int]]]:
+    """The timed part of a prompt-workload cell: (row figures, spreads, samples, tokens of the last repeat)."""
+    model = loaded.model
     prompts = workload.prompts(loaded.tokenizer)
     if cell.is_reference and workload.reference_prompts:
         prompts = prompts[: workload.reference_prompts]
     max_new = workload.max_new_tokens
-
-    def new_cache(batch: int, max_len: int):
-        return comp.cache.new_cache(model, batch, max_len) if comp.cache else None
-
-    reset_cuda_peaks(cell.device)
-    comp.decoder.generate(model, new_cache, prompts[:1], max_new, sampling, lambda i, t: None)  # warm-up
-    repeats, tokens, samples = [], [], {"ttft_ms": [], "itl_ms": []}
+    # warm-up, untimed
+    comp.decoder.generate(model, comp.cache_factory(model), prompts[:1], max_new, sampling, lambda i, t: None)
+    repeats, samples = [], {"ttft_ms": [], "itl_ms": []}
     for _ in range(cell.repeats):
-        tokens, figures, timings = timed_run(comp.decoder, model, new_cache, prompts, max_new, sampling,
-                                             cell.device)
+        out, figures, timings = timed_run(comp, model, prompts, max_new, sampling, cell.device)
         repeats.append(figures)
         samples["ttft_ms"] += [1000 * t.ttft_s for t in timings]
         samples["itl_ms"] += [1000 * g for t in timings for g in t.gaps_s]
-    bad = [i for i, t in enumerate(tokens) if len(t) != max_new]
-    if bad:
-        raise RuntimeError(f"request {bad[0]} produced {len(tokens[bad[0]])} tokens, not {max_new}")
+    check_served(out, dict.fromkeys(range(len(prompts)), max_new))
     spreads = {k: spread([r[k] for r in repeats]) for k in TIMED}
-    row.update({k: s["median"] for k, s in spreads.items()})
-    row["generated_tokens"] = sum(map(len, tokens))
-    row.update(comp.decoder.stats())  # of the last timed repeat
+    row = {k: s["median"] for k, s in spreads.items()}
+    row["generated_tokens"] = sum(map(len, out.tokens))
+    row.update(out.stats)  # of the last timed repeat
     row.update(cuda_memory(cell.device))
     row.update(probe_cache(comp, model, prompts, max_new, sampling))
+    return row, spreads, samples, out.tokens
 
+
+def finish_row(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, sampling: Sampling,
+               row: dict[str, Any], tokens: list[list[int]], spreads: dict, samples: dict,
+               rss_after_load: float) -> dict[str, Any]:
+    """The end of every cell, prompts or requests: quality against the reference, memory, status."""
     # tokens are always compared with the reference (a lossless strategy must prove it); ppl/KL only with quality
     row.update(quality(cell, comp, loaded, workload, tokens, with_ppl=cell.quality))
     row["peak_rss_mb"] = peak_rss_mb()
@@ -219,79 +217,44 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     row["status"], row["error"] = "ok", ""
     if comp.lossless and sampling.is_greedy and row.get("greedy_agreement", 1.0) < 1.0:
         row["status"] = "failed"
-        row["error"] = (f"lossless strategy diverged from naive greedy tokens at position "
+        row["error"] = (f"lossless strategy diverged from {reference_for(cell.workload)}'s greedy tokens at position "
                         f"{row['first_divergence']}")
     samples["itl_ms"] = samples["itl_ms"][:2000]  # enough for distribution plots, bounded file size
     return {"row": row, "spread": spreads, "samples": samples}
 
 
-def run_request_cell(cell: Cell, comp, loaded, workload, sampling, row, rss_after_load) -> dict[str, Any]:
-    """A request workload (arrivals, many requests): measured by bench/scenarios/requests.py; quality as for any
-    cell, with ``sequential`` as the token reference."""
-    from bench.scenarios.requests import run_serving
-
-    reset_cuda_peaks(cell.device)
-    figures, spreads, samples, tokens = run_serving(cell, comp, loaded, workload, sampling)
-    row.update(figures)
-    row.update(cuda_memory(cell.device))
-    row.update(quality(cell, comp, loaded, workload, tokens, with_ppl=cell.quality))
-    row["peak_rss_mb"] = peak_rss_mb()
-    row["rss_over_model_mb"] = row["peak_rss_mb"] - rss_after_load
-    row["status"], row["error"] = "ok", ""
-    if comp.lossless and sampling.is_greedy and row.get("greedy_agreement", 1.0) < 1.0:
-        row["status"] = "failed"
-        row["error"] = (f"lossless strategy diverged from {SERVING_REFERENCE}'s greedy tokens at position "
-                        f"{row['first_divergence']}")
-    samples["itl_ms"] = samples["itl_ms"][:2000]
-    return {"row": row, "spread": spreads, "samples": samples}
-
-
-def quality(cell: Cell, comp, loaded, workload, tokens: list[list[int]], with_ppl: bool = True) -> dict[str, Any]:
+def quality(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, tokens: list[list[int]],
+            with_ppl: bool = True) -> dict[str, Any]:
     """Agreement with the reference's greedy tokens (naive's; sequential's on request workloads), perplexity
     through this strategy's cache path, KL vs the reference."""
     model = loaded.model
-    context, continuation = workload.quality_text(loaded.tokenizer)
-
-    def new_cache(batch: int, max_len: int):
-        return comp.cache.new_cache(model, batch, max_len) if comp.cache else None
-
-    if not with_ppl:  # tokens only: save them as the reference, or compare with it
-        return token_agreement(cell, tokens)
-    logprobs = comp.decoder.score(model, new_cache, context, continuation).float().cpu()
-    out: dict[str, Any] = {"ppl": perplexity(logprobs, continuation)}
+    out: dict[str, Any] = {}
+    saved: dict[str, Any] = {"tokens": tokens}  # without quality scoring, the reference holds tokens only
+    if with_ppl:
+        context, continuation = workload.quality_text(loaded.tokenizer)
+        logprobs = comp.decoder.score(model, comp.cache_factory(model), context, continuation).float().cpu()
+        out["ppl"] = perplexity(logprobs, continuation)
+        saved.update(logprobs=logprobs, ppl=out["ppl"])
     path = cell.reference_path()
     if cell.is_reference:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"tokens": tokens, "logprobs": logprobs, "ppl": out["ppl"]}, tmp)
-        os.replace(tmp, path)
-        return {**out, "ppl_delta_pct": 0.0, "greedy_agreement": 1.0, "first_divergence": -1, "kl_vs_naive": 0.0}
+        save_reference(path, saved)
+        exact = {"ppl_delta_pct": 0.0, "kl_vs_naive": 0.0} if with_ppl else {}
+        return {**out, **exact, "greedy_agreement": 1.0, "first_divergence": -1}
     if not path.exists():
         return out
     ref = torch.load(path)
-    n = len(ref["tokens"])
-    out["greedy_agreement"], out["first_divergence"] = agreement(ref["tokens"], tokens[:n])
-    if "logprobs" in ref:  # a reference saved without quality scoring holds tokens only
+    frac, out["first_divergence"] = agreement(ref["tokens"], tokens[: len(ref["tokens"])])
+    if not math.isnan(frac):
+        out["greedy_agreement"] = frac
+    if with_ppl and "logprobs" in ref:
         out["ppl_delta_pct"] = 100 * (out["ppl"] - ref["ppl"]) / ref["ppl"]
         out["kl_vs_naive"] = max(0.0, mean_kl(ref["logprobs"], logprobs))
-    if math.isnan(out["greedy_agreement"]):
-        out.pop("greedy_agreement")
     return out
 
 
-def token_agreement(cell: Cell, tokens: list[list[int]]) -> dict[str, Any]:
-    path = cell.reference_path()
-    if cell.is_reference:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"tokens": tokens}, tmp)
-        os.replace(tmp, path)
-        return {"greedy_agreement": 1.0, "first_divergence": -1}
-    if not path.exists():
-        return {}
-    ref = torch.load(path)
-    out: dict[str, Any] = {}
-    out["greedy_agreement"], out["first_divergence"] = agreement(ref["tokens"], tokens[: len(ref["tokens"])])
-    if math.isnan(out["greedy_agreement"]):
-        out.pop("greedy_agreement")
-    return out
+def save_reference(path: Path, saved: dict[str, Any]) -> None:
+    """Written whole or not at all (temp file, then rename): the cells compared with it read it concurrently."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(saved, tmp)
+    os.replace(tmp, path)

@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--out", type=Path, help="run directory (default reports/<run-id>, linked as reports/latest)")
     run.add_argument("--resume", action="store_true", help="run only the cells of --out not yet ok")
     run.add_argument("--cell-timeout", type=float, default=None, help="seconds before a cell is killed")
+    run.add_argument("--executor", default="local", metavar="local|ray[:ADDRESS]",
+                     help="where cells run: spawned local processes, or Ray tasks (ADDRESS: auto, ray://HOST:PORT)")
+    run.add_argument("--cell-cpus", type=float, default=1.0, help="Ray: CPUs each cell declares (default 1)")
+    run.add_argument("--cell-gpus", type=float, default=0.0, help="Ray: GPUs each cell declares (default 0)")
+    run.add_argument("--cell-memory-mb", type=int, default=0, help="Ray: memory each cell declares (0: none)")
     run.add_argument("--no-quality", action="store_true", help="skip perplexity/KL scoring")
     run.add_argument("--request-rate", type=float, default=float("inf"), metavar="R",
                      help="request workloads: arrivals per second (inf: all at t=0), gamma-distributed gaps")
@@ -97,14 +102,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def cmd_list() -> int:
     from bench.models import EMBEDDED, RANDOM_SHAPES
-    from bench.workloads.prompts import all_workloads
-    from strategies.registry import REGISTRY, declared
+    from bench.workloads.catalog import all_workloads
+    from strategies.registry import REGISTRY, parameters
 
-    print("strategies (compose as decoder+cache; a bare cache runs under 'step', a bare decoder over 'full'):")
+    print("strategies (compose as decoder+cache; a bare cache runs under 'step', a bare decoder over 'full'),")
+    print("each with its parameters as --param <strategy>.<key>=<default> (type): what it means")
     for name, cls in REGISTRY.items():
-        params = ", ".join(f"{k}={v}" for k, v in declared(name).items()) or "no parameters"
         flag = "lossless" if cls.lossless else "lossy"
-        print(f"  {name:22s} {cls.kind:8s} {flag:8s} {cls.summary}  [{params}]")
+        print(f"  {name:22s} {cls.kind:8s} {flag:8s} {cls.summary}")
+        for p in parameters(name):
+            print(f"      {name}.{p.name}={p.default} ({p.type}): {p.help}")
     print("workloads:")
     for w in all_workloads().values():
         print(f"  {w.name:22s} {w.description}")
@@ -116,7 +123,7 @@ def build_cells(args: argparse.Namespace):
     from bench.cell import Cell
     from bench.models import ModelNotFound, context_length, load_config, load_tokenizer, resolve
     from bench.runner import with_reference
-    from bench.workloads.prompts import get_workload
+    from bench.workloads.catalog import get_workload
     from strategies.core.sampling import Sampling
     from strategies.registry import expand, parse_params
 
@@ -190,12 +197,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     # A kill (SIGTERM) unwinds like Ctrl-C, so the running cell's process group is killed and nothing is orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
+    from bench.executors import make_executor
+
+    try:
+        executor = make_executor(args.executor, args.cell_cpus, args.cell_gpus, args.cell_memory_mb)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from None
     cells = build_cells(args)
+    if executor.name == "ray" and not args.threads:  # a cell uses the CPUs it declared, never the whole node
+        for cell in cells:
+            cell.threads = max(1, int(args.cell_cpus))
     out, run_id = prepare_out(args)
     for cell in cells:
         cell.out_dir = str(out)
     meta = {"run_id": run_id, "command": "kvbench " + shlex.join(sys.argv[1:])}
-    rows = run_grid(cells, out, meta, timeout_s=args.cell_timeout, resume=args.resume)
+    rows = run_grid(cells, out, meta, timeout_s=args.cell_timeout, resume=args.resume, executor=executor)
     if args.out is None:
         latest = Path("reports") / "latest"
         if latest.is_symlink() or latest.exists():

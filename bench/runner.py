@@ -1,4 +1,5 @@
-"""The runner: expand model × workload × strategy into cells, run each in a fresh spawned process, keep rows.
+"""The runner: expand model × workload × strategy into cells, run each on an executor (bench/executors: a fresh
+spawned process per cell here, or a Ray task per cell on a cluster), keep rows.
 
 Each finished cell is appended to results.jsonl at once, then results.csv/json and report.md are rewritten
 atomically. ``resume`` skips cells already ``ok`` in results.jsonl, so nothing finished is lost or doubled.
@@ -6,12 +7,7 @@ atomically. ``resume`` skips cells already ``ok`` in results.jsonl, so nothing f
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
-import time
-import traceback
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,73 +16,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import env
 from bench.cell import REFERENCE, Cell, reference_for
+from bench.executors.local import LocalExecutor
 from bench.results.report import write_report
 from bench.results.rows import append_jsonl, atomic_write, dumps, read_jsonl, row_key, write_run
 
 console = Console(stderr=True)
-
-
-def _cell_main(cell_fields: dict[str, Any], conn) -> None:
-    """Child process entry: its own process group, so a timeout can kill everything it started."""
-    os.setpgrp()
-    from bench.cell import Cell, Unsupported, run_cell
-
-    cell = Cell(**cell_fields)
-    try:
-        conn.send(("ok", run_cell(cell)))
-    except Unsupported as e:
-        conn.send(("skipped", str(e)))
-    except Exception as e:
-        conn.send(("failed", f"{type(e).__name__}: {e}".splitlines()[0][:300] + "\n" + traceback.format_exc()[-2000:]))
-    finally:
-        conn.close()
-
-
-def run_in_process(cell: Cell, timeout_s: float | None) -> dict[str, Any]:
-    """Run ``cell`` in a spawned process; a crash, a timeout or an error becomes a row with its status."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_cell_main, args=(asdict(cell), child), daemon=False)
-    proc.start()
-    child.close()
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    message = None
-    try:
-        while message is None:
-            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            if parent.poll(wait):
-                try:
-                    message = parent.recv()
-                except EOFError:
-                    break
-            elif not proc.is_alive():
-                break
-            elif deadline is not None and time.monotonic() >= deadline:
-                _kill_group(proc.pid)
-                message = ("failed", f"timed out after {timeout_s:g} s (--cell-timeout); its process group was killed")
-    except BaseException:  # Ctrl-C: the cell sits in its own process group, so the terminal's SIGINT missed it
-        _kill_group(proc.pid)
-        raise
-    proc.join(5)
-    if proc.is_alive():
-        _kill_group(proc.pid)
-        proc.join()
-    if message is None:
-        message = ("failed", f"cell process died with exit code {proc.exitcode}")
-    status, payload = message
-    if status == "ok":
-        return payload
-    row = {**cell.base_row(), "status": status, "error": payload.splitlines()[0]}
-    return {"row": row, "spread": {}, "log": payload}
-
-
-def _kill_group(pid: int) -> None:
-    """Kill the cell and everything it started; before the cell has made its own group, kill the process."""
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def order_cells(cells: list[Cell]) -> list[Cell]:
@@ -95,7 +29,9 @@ def order_cells(cells: list[Cell]) -> list[Cell]:
 
 
 def run_grid(cells: list[Cell], out_dir: Path, meta: dict[str, Any], timeout_s: float | None = None,
-             resume: bool = False) -> list[dict[str, Any]]:
+             resume: bool = False, executor: Any = None) -> list[dict[str, Any]]:
+    """Run ``cells`` on ``executor`` (default: local spawned processes) and keep every finished row."""
+    executor = executor or LocalExecutor()
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / "results.jsonl"
     done, warning = read_jsonl(jsonl) if resume else ([], None)
@@ -115,14 +51,15 @@ def run_grid(cells: list[Cell], out_dir: Path, meta: dict[str, Any], timeout_s: 
                         TimeElapsedColumn(), console=console)
     with progress:
         task = progress.add_task("cells", total=len(cells), completed=len(cells) - len(todo))
-        for cell in todo:
-            progress.update(task, description=f"{cell.workload} · {cell.strategy} {cell.key.split('|')[-1]}")
-            record = run_in_process(cell, timeout_s)
+        def on_start(cell: Cell, description: str) -> None:
+            progress.update(task, description=description)
+
+        for count, (cell, record) in enumerate(executor.run(todo, timeout_s, on_start), 1):
             append_jsonl(jsonl, record)
             records[row_key(record["row"])] = record
             _finish_rows(list(records.values()))
             write_run(out_dir, list(records.values()), environment, meta)
-            write_report(out_dir, plots=cell is todo[-1])  # figures once, when the last cell is in
+            write_report(out_dir, plots=count == len(todo))  # figures once, when the last cell is in
             row = record["row"]
             note = f"{row.get('tokens_per_s', float('nan')):.1f} tok/s" if row["status"] == "ok" else row["error"]
             progress.console.print(f"  {row['status']:7s} {cell.workload} {cell.strategy} "

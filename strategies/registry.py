@@ -1,7 +1,8 @@
 """Name -> strategy class, and the parsing of ``a+b`` compositions and ``--param name.key=v1,v2`` sweeps.
 
 A cell's strategy is one decoding strategy over one cache strategy. A bare cache name runs under ``step``
-decoding; a bare decoding name runs over the ``full`` cache.
+decoding; a bare decoding name runs over the ``full`` cache. A parameter is a dataclass field with a default and a
+one-line ``metadata={"help": ...}``; ``parameters`` lists them for ``kvbench list`` and the ``--param`` errors.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import itertools
 import typing
 from dataclasses import MISSING, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
+
+from transformers import Cache, PreTrainedModel
 
 from strategies.caches.chunk_summary import ChunkSummary
 from strategies.caches.eviction.h2o import H2O
@@ -23,7 +26,7 @@ from strategies.caches.prefix_cache import PrefixCache
 from strategies.caches.quantized import QuantInt4, QuantInt8, QuantMixed
 from strategies.caches.static import Static
 from strategies.caches.window import Sinks, SlidingWindow
-from strategies.core.base import CacheStrategy, DecodingStrategy, Strategy
+from strategies.core.base import CacheStrategy, DecodingStrategy, NewCache, Strategy
 from strategies.decoding.lookahead import Lookahead
 from strategies.decoding.prompt_lookup import PromptLookup
 from strategies.decoding.speculative import Speculative
@@ -86,6 +89,16 @@ class Composition:
     def lossless(self) -> bool:
         return self.decoder.lossless and (self.cache is None or self.cache.lossless)
 
+    def cache_factory(self, model: PreTrainedModel) -> NewCache:
+        """The ``new_cache(batch, max_len)`` a decoder is handed: this composition's cache over ``model``, or None
+        every time (naive recomputes; peers drive transformers' own cache)."""
+        cache = self.cache
+
+        def new_cache(batch: int, max_len: int) -> Cache | None:
+            return cache.new_cache(model, batch, max_len) if cache is not None else None
+
+        return new_cache
+
 
 def split(spec: str) -> tuple[str, str | None]:
     """'speculative+quant-int8' -> ('speculative', 'quant-int8'); 'full' -> ('step', 'full')."""
@@ -110,17 +123,41 @@ def split(spec: str) -> tuple[str, str | None]:
     return decoder, cache
 
 
+class Param(NamedTuple):
+    """One declared parameter of a strategy: its name, type (as written), default and one-line help."""
+
+    name: str
+    type: str
+    default: Any
+    help: str
+
+
+def parameters(name: str) -> list[Param]:
+    """The parameters of strategy ``name`` in declaration order; fields a strategy fills itself (init=False) are
+    not parameters."""
+    return [Param(f.name, f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type)), f.default,
+                  f.metadata.get("help", ""))
+            for f in fields(REGISTRY[name]) if f.init and f.default is not MISSING]
+
+
 def declared(name: str) -> dict[str, Any]:
     """Parameter name -> default for strategy ``name``."""
-    return {f.name: f.default for f in fields(REGISTRY[name]) if f.default is not MISSING}
+    return {p.name: p.default for p in parameters(name)}
+
+
+def describe(name: str, keys: list[str] | None = None) -> str:
+    """'name.key (type, default D): help; ...' for ``keys`` (default: every parameter) on one line."""
+    return "; ".join(f"{name}.{p.name} ({p.type}, default {p.default!r})" + (f": {p.help}" if p.help else "")
+                     for p in parameters(name) if keys is None or p.name in keys)
 
 
 def coerce(name: str, key: str, value: str) -> Any:
     """Parse ``value`` as the declared type of ``name.key``."""
     allowed = declared(name)
     if key not in allowed:
-        raise StrategyError(f"unknown parameter {name}.{key}; allowed: "
-                            f"{', '.join(f'{name}.{k}' for k in allowed) or f'{name} takes none'}")
+        listed = ", ".join(f"{name}.{k}" for k in allowed)
+        detail = f"{listed} — {describe(name)}" if allowed else f"{name} takes none"
+        raise StrategyError(f"unknown parameter {name}.{key}; allowed: {detail}")
     hints = typing.get_type_hints(REGISTRY[name])
     kind = hints.get(key, type(allowed[key]))
     try:
@@ -142,7 +179,8 @@ def coerce(name: str, key: str, value: str) -> Any:
         return value
     except ValueError:
         kind_name = getattr(kind, "__name__", kind)
-        raise StrategyError(f"parameter {name}.{key}={value!r} is not a valid {kind_name}") from None
+        raise StrategyError(f"parameter {name}.{key}={value!r} is not a valid {kind_name} — "
+                            f"{describe(name, [key])}") from None
 
 
 def parse_params(items: list[str]) -> dict[str, dict[str, list[Any]]]:
@@ -163,7 +201,8 @@ def build(name: str, params: dict[str, Any]) -> Strategy:
     try:
         return REGISTRY[name](**params)
     except (TypeError, ValueError) as e:
-        raise StrategyError(f"strategy {name!r}: {e}") from None
+        allowed = f" — {describe(name)}" if parameters(name) else ""
+        raise StrategyError(f"strategy {name!r}: {e}{allowed}") from None
 
 
 def compose(spec: str, params: dict[str, dict[str, Any]]) -> Composition:

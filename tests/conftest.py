@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.models import LoadedModel, load_model
-from bench.workloads.prompts import encode_prompt
+from bench.workloads.text import encode_prompt
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ def test_lossless_caches_reproduce_naive_greedy(smol, smol_prompts, naive_tokens
 
 def test_a_small_window_changes_tokens_on_a_long_prompt(smol):
     """The windows do evict: with a window far shorter than the prompt, greedy tokens differ from full."""
-    from bench.workloads.prompts import prose_tokens
+    from bench.workloads.text import prose_tokens
 
     prompt = [prose_tokens(smol.tokenizer, 0, 300)]
     full = generate(smol.model, "full", prompt, 8)

@@ -9,6 +9,7 @@ import torch
 
 from bench.measure.quality import agreement, mean_kl, perplexity
 from bench.measure.timing import RequestTiming, percentile, spread, summarize_repeat
+from bench.scenarios.requests import ServedRequest, Slo, serving_metrics
 
 
 def test_request_timing_ttft_tpot_e2e():
@@ -17,6 +18,20 @@ def test_request_timing_ttft_tpot_e2e():
     assert r.e2e_s == pytest.approx(1.1)
     assert r.tpot_s == pytest.approx(0.2)  # (1.1 - 0.5) / 3
     assert r.gaps_s == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_a_one_token_request_has_no_tpot_on_either_path():
+    """TPOT = (E2E - TTFT) / (n - 1) is undefined for n = 1: nan on the prompt and the serving path alike, left out
+    of the TPOT means (not counted as 0), and no TPOT target is missed by it."""
+    assert math.isnan(RequestTiming(0.0, (0.5,)).tpot_s)
+    assert math.isnan(ServedRequest(0.0, (0.5,), 7).tpot_s)
+    assert summarize_repeat([RequestTiming(0.0, (0.5,)), RequestTiming(0.5, (0.7, 0.9))], 1.0)["tpot_ms"] == \
+        pytest.approx(200)
+    assert math.isnan(summarize_repeat([RequestTiming(0.0, (0.5,))], 1.0)["tpot_ms"])
+    served = [ServedRequest(0.0, (0.5,), 7), ServedRequest(0.0, (0.2, 0.5, 0.8), 7)]
+    m = serving_metrics(served, duration_s=1.0, slo=Slo(ttft_ms=1000, tpot_ms=400))
+    assert m["tpot_mean_ms"] == pytest.approx(300) and m["tpot_p99_ms"] == pytest.approx(300)
+    assert m["goodput_rps"] == 2.0
 
 
 def test_summarize_repeat_uses_produced_tokens_over_wall_time():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.models import load_model
-from bench.workloads.prompts import get_workload
+from bench.workloads.catalog import get_workload
 from strategies.core.forward import forward_logits
 from strategies.registry import StrategyError, compose, expand, parse_params
 from tests.helpers import generate, score

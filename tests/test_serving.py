@@ -14,8 +14,8 @@ import pytest
 from scipy import stats
 
 from bench.scenarios.requests import ServedRequest, Slo, serving_metrics
-from bench.workloads.prompts import CHAT_PROMPTS, encode_prompt, prose_tokens
 from bench.workloads.requests import arrival_offsets
+from bench.workloads.text import CHAT_PROMPTS, encode_prompt, prose_tokens
 from strategies.caches.block_pool import BlockPool
 from strategies.core.requests import Request
 from strategies.core.sampling import GREEDY
@@ -39,12 +39,9 @@ class SimClock:
 
 def serve(model, spec: str, requests, params=None):
     comp = compose(spec, params or {})
-
-    def new_cache(batch: int, max_len: int):
-        return comp.cache.new_cache(model, batch, max_len) if comp.cache else None
-
-    out = comp.decoder.serve(model, new_cache, requests, GREEDY, lambda i, t: None, SimClock(), cache=comp.cache)
-    return out, comp.decoder.stats(), getattr(comp.decoder, "failures", {})
+    out = comp.decoder.serve(model, comp.cache_factory(model), requests, GREEDY, lambda i, t: None, SimClock(),
+                             cache=comp.cache)
+    return out.tokens, out.stats, out.failures
 
 
 @pytest.fixture(scope="module")

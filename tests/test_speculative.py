@@ -13,18 +13,18 @@ from strategies.decoding.drafts import truncated
 from strategies.decoding.prompt_lookup import lookup
 from strategies.decoding.speculation import accept_drafts
 from strategies.registry import compose
-from tests.helpers import generate
+from tests.helpers import generate, prepared
 
 MAX_NEW = 20
 
 
 def run(model, spec: str, params: dict, prompts, max_new: int, sampling=GREEDY, emit=None):
     """Tokens and the decoder's stats."""
-    comp = compose(spec, {spec.split("+")[0]: params})
-    comp.decoder.prepare(model, load=lambda name: load_model(name).model)  # drafts named by a model spec
-    out = comp.decoder.generate(model, lambda b, n: comp.cache.new_cache(model, b, n), prompts, max_new, sampling,
+    comp = prepared(model, spec, {spec.split("+")[0]: params},
+                    load=lambda name: load_model(name).model)  # drafts named by a model spec
+    out = comp.decoder.generate(model, comp.cache_factory(model), prompts, max_new, sampling,
                                 emit or (lambda i, t: None))
-    return out, comp.decoder.stats()
+    return out.tokens, out.stats
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,23 @@ def test_speculative_with_a_separate_draft_model(smol, smol_prompts, naive_token
     # 2 prompts: a prefill each, then steps of k drafts + 1 target token (capped at the end)
     assert stats["target_forwards"] == 2 * (1 + -(-(MAX_NEW - 1) // 5))
     assert stats["target_forwards_per_token"] < 0.5
+
+
+@pytest.mark.parametrize("spec", ["speculative", "hf-assisted"])
+def test_a_draft_is_built_by_prepare_only(tiny, spec):
+    """Building a draft inside generate would put its cost in the first timed call: an unprepared decoder refuses,
+    and one prepared for another model does too (a layers:N draft shares its target's modules)."""
+    comp = compose(spec, {spec: {"draft": "layers:1"}})
+    prompts = [[3, 5, 7, 9]]
+    with pytest.raises(RuntimeError, match=r"call prepare\(model\) before generate"):
+        comp.decoder.generate(tiny.model, comp.cache_factory(tiny.model), prompts, 4, GREEDY, lambda i, t: None)
+    other = load_model("random:tiny-llama", seed=1).model
+    comp.decoder.prepare(other)
+    with pytest.raises(RuntimeError, match=r"call prepare\(model\) before generate"):
+        comp.decoder.generate(tiny.model, comp.cache_factory(tiny.model), prompts, 4, GREEDY, lambda i, t: None)
+    comp.decoder.prepare(tiny.model)
+    out = comp.decoder.generate(tiny.model, comp.cache_factory(tiny.model), prompts, 4, GREEDY, lambda i, t: None)
+    assert len(out.tokens[0]) == 4 and out.stats["target_forwards"] >= 1
 
 
 def test_layer_truncated_draft_is_a_view(smol):

@@ -12,7 +12,10 @@ import torch
 
 @dataclass(frozen=True)
 class RequestTiming:
-    """One request's clock readings: ``start`` and the time each generated token was emitted (seconds)."""
+    """One request's clock readings: ``start`` and the time each generated token was emitted (seconds).
+
+    TPOT is undefined (nan) for a request of one token: there is no time *between* tokens to divide. Means over
+    requests skip it (``mean_defined``), as vLLM's bench serve leaves one-token requests out of its TPOT figures."""
 
     start: float
     stamps: tuple[float, ...]
@@ -45,6 +48,17 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+def defined(values: list[float]) -> list[float]:
+    """The values that are not nan (a one-token request's TPOT is undefined, not zero)."""
+    return [v for v in values if not math.isnan(v)]
+
+
+def mean_defined(values: list[float]) -> float:
+    """Mean of the values that are defined; nan if none is."""
+    values = defined(values)
+    return statistics.mean(values) if values else math.nan
+
+
 def summarize_repeat(requests: list[RequestTiming], wall_s: float) -> dict[str, float]:
     """Figures of one timed repeat over all its requests; throughput is produced tokens / wall time."""
     tokens = sum(len(r.stamps) for r in requests)
@@ -52,7 +66,7 @@ def summarize_repeat(requests: list[RequestTiming], wall_s: float) -> dict[str, 
     return {
         "tokens_per_s": tokens / wall_s,
         "ttft_ms": 1000 * statistics.mean(r.ttft_s for r in requests),
-        "tpot_ms": 1000 * statistics.mean(r.tpot_s for r in requests),
+        "tpot_ms": 1000 * mean_defined([r.tpot_s for r in requests]),
         "itl_p50_ms": 1000 * percentile(gaps, 50),
         "itl_p95_ms": 1000 * percentile(gaps, 95),
         "itl_p99_ms": 1000 * percentile(gaps, 99),
@@ -62,7 +76,7 @@ def summarize_repeat(requests: list[RequestTiming], wall_s: float) -> dict[str, 
 
 def spread(values: list[float]) -> dict[str, float]:
     """n, median, min, max, IQR and coefficient of variation of repeated measurements."""
-    vals = [v for v in values if not math.isnan(v)]
+    vals = defined(values)
     if not vals:
         return {"n": 0, "median": float("nan"), "min": float("nan"), "max": float("nan"), "iqr": float("nan"),
                 "cv": float("nan"), "values": []}

@@ -12,15 +12,20 @@ from __future__ import annotations
 import math
 import statistics
 import time
-import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from bench.measure.timing import percentile, spread, synchronize
+from transformers import PreTrainedModel
+
+from bench.measure.cache_bytes import CacheWatch
+from bench.measure.timing import RequestTiming, cuda_memory, defined, percentile, spread, synchronize
+from bench.models import LoadedModel
 from bench.results.rows import TIMED
 from strategies.core.base import StrategyFailed
-from strategies.core.requests import Request
+from strategies.core.requests import Generation, Request
+from strategies.core.sampling import Sampling
+from strategies.registry import Composition
 
 DEFAULT_SLO = "ttft_ms=2000,tpot_ms=150"  # a CPU-sized interactive target; override with --slo
 PROBE_REQUESTS = 4  # requests in the untimed warm-up pass that also reads the cache's real bytes
@@ -50,34 +55,16 @@ class Slo:
 
 
 @dataclass(frozen=True)
-class ServedRequest:
-    """One request's arrival and the run-relative time of each token it was given (seconds)."""
+class ServedRequest(RequestTiming):
+    """One request's timing where ``start`` is its arrival (run-relative seconds), and its prompt length. TTFT, TPOT,
+    E2E and gaps are RequestTiming's: one rule for both paths (a one-token request has no TPOT)."""
 
-    arrival_s: float
-    stamps: tuple[float, ...]
     prompt_tokens: int
-
-    @property
-    def ttft_s(self) -> float:
-        return self.stamps[0] - self.arrival_s
-
-    @property
-    def e2e_s(self) -> float:
-        return self.stamps[-1] - self.arrival_s
-
-    @property
-    def tpot_s(self) -> float:
-        n = len(self.stamps)
-        return (self.e2e_s - self.ttft_s) / (n - 1) if n > 1 else 0.0
-
-    @property
-    def gaps_s(self) -> list[float]:
-        return [b - a for a, b in zip(self.stamps, self.stamps[1:])]
 
 
 def distribution(name: str, values_s: list[float]) -> dict[str, float]:
-    """``{name}_mean_ms``, ``_p50_ms``, ``_p90_ms``, ``_p99_ms`` of values given in seconds."""
-    ms = [1000 * v for v in values_s]
+    """``{name}_mean_ms``, ``_p50_ms``, ``_p90_ms``, ``_p99_ms`` of the defined values given in seconds."""
+    ms = [1000 * v for v in defined(values_s)]
     out = {f"{name}_mean_ms": statistics.fmean(ms) if ms else math.nan}
     out.update({f"{name}_p{q}_ms": percentile(ms, q) for q in (50, 90, 99)})
     return out
@@ -87,7 +74,8 @@ def serving_metrics(served: list[ServedRequest], duration_s: float, slo: Slo) ->
     done = [r for r in served if r.stamps]
     output = sum(len(r.stamps) for r in done)
     gaps = [g for r in done for g in r.gaps_s]
-    good = [r for r in done if 1000 * r.ttft_s <= slo.ttft_ms and 1000 * r.tpot_s <= slo.tpot_ms]
+    # a one-token request has no TPOT (nan), so none to miss the target with
+    good = [r for r in done if 1000 * r.ttft_s <= slo.ttft_ms and not 1000 * r.tpot_s > slo.tpot_ms]
     out = {"request_throughput_rps": len(done) / duration_s, "output_tokens_per_s": output / duration_s,
            "total_tokens_per_s": (output + sum(r.prompt_tokens for r in done)) / duration_s,
            "goodput_rps": len(good) / duration_s, "slo_attainment": len(good) / len(served) if served else math.nan,
@@ -120,8 +108,9 @@ class RunClock:
             time.sleep(delay)
 
 
-def timed_serve(comp, model, new_cache, requests: list[Request], sampling, device: str):
-    """One timed run over all requests; returns (tokens per request, ServedRequest per request, duration)."""
+def timed_serve(comp: Composition, model: PreTrainedModel, requests: list[Request], sampling: Sampling,
+                device: str) -> tuple[Generation, list[ServedRequest], float]:
+    """One timed run over all requests: (what the decoder returned, ServedRequest per request, duration)."""
     stamps: dict[int, list[float]] = defaultdict(list)
     clock = RunClock(device)
 
@@ -129,68 +118,61 @@ def timed_serve(comp, model, new_cache, requests: list[Request], sampling, devic
         now = clock.now()
         stamps[i].extend([now] * len(tokens))
 
-    tokens = comp.decoder.serve(model, new_cache, requests, sampling, emit, clock, cache=comp.cache)
+    out = comp.decoder.serve(model, comp.cache_factory(model), requests, sampling, emit, clock, cache=comp.cache)
     duration = clock.now()
     served = [ServedRequest(r.arrival_s, tuple(stamps[r.index]), len(r.prompt)) for r in requests]
-    return tokens, served, duration
+    return out, served, duration
 
 
-def probe_serving_cache(comp, model, requests: list[Request], sampling) -> dict[str, Any]:
+def probe_serving_cache(comp: Composition, model: PreTrainedModel, requests: list[Request],
+                        sampling: Sampling) -> dict[str, Any]:
     """Untimed pass (also the warm-up) over the first requests, all at t=0, reading the bytes every live cache
     really holds after each emission. Caches that went out of scope are no longer counted (weak references)."""
-    live: weakref.WeakSet = weakref.WeakSet()
-    peak = 0
-
-    def new_cache(batch: int, max_len: int):
-        cache = comp.cache.new_cache(model, batch, max_len) if comp.cache else None
-        if cache is not None:
-            live.add(cache)
-        return cache
+    watch = CacheWatch(comp.cache_factory(model), keep=False)
 
     def emit(i: int, tokens) -> None:
-        nonlocal peak
-        caches = list(live)
-        peak = max(peak, sum(c.nbytes() for c in caches if hasattr(c, "nbytes")))
-        for cache in caches:  # each emission follows a finished forward: every hook has run
-            if hasattr(cache, "check") and (why := cache.check()):
-                raise StrategyFailed(why)
+        watch.read()
+        if why := watch.failure():  # each emission follows a finished forward: every hook has run
+            raise StrategyFailed(why)
 
     first = [Request(i, r.prompt, r.max_new_tokens, 0.0) for i, r in enumerate(requests[:PROBE_REQUESTS])]
-    comp.decoder.serve(model, new_cache, first, sampling, emit, RunClock("cpu"), cache=comp.cache)
-    stats = comp.decoder.stats()
-    peak = max(peak, int(stats.get("pool_bytes", 0)))  # engines that own a block pool report its bytes
+    out = comp.decoder.serve(model, watch.new_cache, first, sampling, emit, RunClock("cpu"), cache=comp.cache)
+    peak = max(watch.peak, int(out.stats.get("pool_bytes", 0)))  # engines that own a block pool report its bytes
     return {"cache_bytes_peak": peak} if comp.cache is not None else {}
 
 
-def run_serving(cell, comp, loaded, workload, sampling) -> tuple[dict[str, Any], dict, dict, list[list[int]]]:
+def check_served(out: Generation, max_new_tokens: dict[int, int]) -> None:
+    """Raise if a request was refused or not given exactly its ``max_new_tokens`` (request index -> count): such a
+    cell fails, it never makes a number."""
+    if out.failures:
+        raise RuntimeError(f"{len(out.failures)} request(s) failed: {next(iter(out.failures.values()))}")
+    short = [i for i, n in max_new_tokens.items() if len(out.tokens[i]) != n]
+    if short:
+        i = short[0]
+        raise RuntimeError(f"request {i} produced {len(out.tokens[i])} tokens, not {max_new_tokens[i]}")
+
+
+def run_serving(cell: Any, comp: Composition, loaded: LoadedModel, workload: Any, sampling: Sampling
+                ) -> tuple[dict[str, Any], dict, dict, list[list[int]]]:
     """The timed part of a request-workload cell: (row figures, spreads, samples, tokens of the last repeat)."""
     model = loaded.model
     requests = workload.requests(loaded.tokenizer, cell.request_rate, cell.burstiness, cell.seed)
     requests = requests[: cell.num_requests] if cell.num_requests else requests
     slo = Slo.parse(cell.slo)
-
-    def new_cache(batch: int, max_len: int):
-        return comp.cache.new_cache(model, batch, max_len) if comp.cache else None
-
     figures = probe_serving_cache(comp, model, requests, sampling)
-    runs, samples, tokens = [], {"ttft_ms": [], "itl_ms": []}, []
+    runs, samples = [], {"ttft_ms": [], "itl_ms": []}
     for _ in range(cell.repeats):
-        tokens, served, duration = timed_serve(comp, model, new_cache, requests, sampling, cell.device)
+        out, served, duration = timed_serve(comp, model, requests, sampling, cell.device)
         runs.append(serving_metrics(served, duration, slo))
         samples["ttft_ms"] += [1000 * r.ttft_s for r in served if r.stamps]
         samples["itl_ms"] += [1000 * g for r in served for g in r.gaps_s]
-    short = [r.index for r in requests if len(tokens[r.index]) != r.max_new_tokens]
-    failures = getattr(comp.decoder, "failures", {})
-    if failures:
-        raise RuntimeError(f"{len(failures)} request(s) failed: {next(iter(failures.values()))}")
-    if short:
-        i = short[0]
-        raise RuntimeError(f"request {i} produced {len(tokens[i])} tokens, not {requests[i].max_new_tokens}")
+    check_served(out, {r.index: r.max_new_tokens for r in requests})
     spreads = {k: spread([r[k] for r in runs]) for k in TIMED}
     row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     row.update(figures)
     row.update({"num_requests": len(requests), "request_rate": cell.request_rate, "burstiness": cell.burstiness,
                 "slo": str(slo), "prompt_tokens": sum(len(r.prompt) for r in requests),
-                "generated_tokens": sum(map(len, tokens))})
-    row.update(comp.decoder.stats())  # of the last timed repeat
-    return row, spreads, samples, tokens
+                "generated_tokens": sum(map(len, out.tokens))})
+    row.update(out.stats)  # of the last timed repeat
+    row.update(cuda_memory(cell.device))
+    return row, spreads, samples, out.tokens

@@ -1,26 +1,14 @@
-"""Workloads: the prompts a cell runs, how many tokens each generates, and the text quality is scored on."""
+"""Single-prompt workloads: the prompts a cell runs, how many tokens each generates, and the text quality is
+scored on. Request workloads (arrivals, many requests) are in requests.py; catalog.py names them all."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from bench.workloads.text import stdlib_prose
+from bench.workloads.text import CHAT_PROMPTS, encode_prompt, prose_tokens, quality_text
 
-CHAT_PROMPTS = (
-    "Explain in a few sentences why the sky looks blue during the day and red at sunset.",
-    "Write a short, friendly email asking a colleague to review a pull request before Friday.",
-    "What are three practical ways to reduce the memory a Python program uses?",
-    "Give me a simple recipe for a vegetable soup that takes less than thirty minutes.",
-    "Summarize the difference between a process and a thread for a new programmer.",
-    "Suggest a name for a small bakery and explain why it would attract customers.",
-    "How does a bicycle stay upright while it is moving? Keep the answer short.",
-    "List the steps to plan a weekend hiking trip for two people.",
-    "Why do we have leap years, and how often do they happen?",
-    "Describe what a hash table is and when you would use one.",
-)
 # Editing requests whose answer mostly copies the given text: where prompt lookup should shine.
 COPY_EDIT_PROMPTS = (
     "Fix the spelling mistakes in this paragraph and write it out again in full:\n\n"
@@ -71,35 +59,7 @@ class Workload:
 
     def quality_text(self, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
         """(context ids, continuation ids) of real prose, disjoint from the prompts' context."""
-        ids = prose_tokens(tokenizer, QUALITY_OFFSET, self.quality_context + self.quality_tokens)
-        return ids[: self.quality_context], ids[self.quality_context :]
-
-
-QUALITY_OFFSET = 20_000  # prompts draw context from the first 20k tokens, quality text from after them
-
-
-def prose_tokens(tokenizer: PreTrainedTokenizerBase, offset: int, count: int) -> list[int]:
-    ids = _prose_ids(tokenizer)
-    if offset + count > len(ids):
-        raise ValueError(f"only {len(ids)} tokens of prose are available; asked for {offset + count}")
-    return ids[offset : offset + count]
-
-
-_PROSE_CACHE: dict[int, list[int]] = {}
-
-
-def _prose_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    key = id(tokenizer)
-    if key not in _PROSE_CACHE:
-        _PROSE_CACHE[key] = tokenizer(stdlib_prose(), add_special_tokens=False).input_ids
-    return _PROSE_CACHE[key]
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                  tokenize=True, return_dict=False))
-    return tokenizer(text).input_ids
+        return quality_text(tokenizer, self.quality_context, self.quality_tokens)
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -126,20 +86,3 @@ WORKLOADS: dict[str, Workload] = {
                  max_new_tokens=96, quality_context=128, quality_tokens=64, reference_prompts=2),
     )
 }
-
-
-def all_workloads() -> dict:
-    """Single-prompt workloads and request workloads (bench/workloads/requests.py, which builds on this module)."""
-    from bench.workloads.requests import REQUEST_WORKLOADS
-
-    return {**WORKLOADS, **REQUEST_WORKLOADS}
-
-
-def get_workload(name: str) -> Workload:
-    known = all_workloads()
-    if name not in known:
-        raise ValueError(f"unknown workload {name!r}; allowed: {', '.join(known)}")
-    return known[name]
-
-
-PromptBuilder = Callable[[PreTrainedTokenizerBase], list[list[int]]]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from bench.workloads.prompts import CHAT_PROMPTS, QUALITY_OFFSET, encode_prompt, prose_tokens
+from bench.workloads.text import CHAT_PROMPTS, encode_prompt, prose_tokens, quality_text
 from strategies.core.requests import Request
 
 MORE_QUESTIONS = (
@@ -85,8 +85,7 @@ class RequestWorkload:
         return self.new_tokens[1]
 
     def quality_text(self, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-        ids = prose_tokens(tokenizer, QUALITY_OFFSET, self.quality_context + self.quality_tokens)
-        return ids[: self.quality_context], ids[self.quality_context :]
+        return quality_text(tokenizer, self.quality_context, self.quality_tokens)
 
 
 REQUEST_WORKLOADS: dict[str, RequestWorkload] = {

@@ -1,6 +1,7 @@
-"""Real English text derived at run time from the installed Python standard library's docstrings.
+"""The text every workload is made of: chat questions, and real English prose derived at run time from the
+installed Python standard library's docstrings, with the token helpers both kinds of workload share.
 
-Nothing is downloaded and no text is pasted into the repo: the prose of the stdlib's documentation strings is
+Nothing is downloaded and no prose is pasted into the repo: the prose of the stdlib's documentation strings is
 collected in a fixed module order, so the text is the same for a given Python version.
 """
 
@@ -10,6 +11,22 @@ import functools
 import importlib
 import inspect
 import re
+
+from transformers import PreTrainedTokenizerBase
+
+CHAT_PROMPTS = (
+    "Explain in a few sentences why the sky looks blue during the day and red at sunset.",
+    "Write a short, friendly email asking a colleague to review a pull request before Friday.",
+    "What are three practical ways to reduce the memory a Python program uses?",
+    "Give me a simple recipe for a vegetable soup that takes less than thirty minutes.",
+    "Summarize the difference between a process and a thread for a new programmer.",
+    "Suggest a name for a small bakery and explain why it would attract customers.",
+    "How does a bicycle stay upright while it is moving? Keep the answer short.",
+    "List the steps to plan a weekend hiking trip for two people.",
+    "Why do we have leap years, and how often do they happen?",
+    "Describe what a hash table is and when you would use one.",
+)
+QUALITY_OFFSET = 20_000  # prompts draw context from the first 20k tokens, quality text from after them
 
 # Modules whose docstrings are long, prose-heavy and present in every CPython build.
 SOURCE_MODULES = (
@@ -58,3 +75,33 @@ def stdlib_prose() -> str:
                         seen.add(para)
                         paragraphs.append(para)
     return "\n\n".join(paragraphs)
+
+
+def prose_tokens(tokenizer: PreTrainedTokenizerBase, offset: int, count: int) -> list[int]:
+    ids = _prose_ids(tokenizer)
+    if offset + count > len(ids):
+        raise ValueError(f"only {len(ids)} tokens of prose are available; asked for {offset + count}")
+    return ids[offset : offset + count]
+
+
+_PROSE_CACHE: dict[int, list[int]] = {}
+
+
+def _prose_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    key = id(tokenizer)
+    if key not in _PROSE_CACHE:
+        _PROSE_CACHE[key] = tokenizer(stdlib_prose(), add_special_tokens=False).input_ids
+    return _PROSE_CACHE[key]
+
+
+def quality_text(tokenizer: PreTrainedTokenizerBase, context: int, tokens: int) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) of real prose past ``QUALITY_OFFSET``, disjoint from the prompts' context."""
+    ids = prose_tokens(tokenizer, QUALITY_OFFSET, context + tokens)
+    return ids[:context], ids[context:]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                  tokenize=True, return_dict=False))
+    return tokenizer(text).input_ids

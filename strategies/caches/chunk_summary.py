@@ -11,7 +11,7 @@ very state of a cache that never saw them; a rollback reaching back before the l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
@@ -85,8 +85,9 @@ def mean_chunks(x: torch.Tensor, n: int) -> torch.Tensor:
 class ChunkSummary(CacheStrategy):
     name = "chunk-summary"
     summary = "older tokens mean-pooled per `chunk` into one K/V, the last `keep_last` (to +chunk) exact"
-    chunk: int = 8
-    keep_last: int = 256
+    chunk: int = field(default=8, metadata={"help": "old tokens mean-pooled into one summary K/V, >= 2"})
+    keep_last: int = field(
+        default=256, metadata={"help": "most recent tokens kept exact (up to keep_last + chunk before pooling), >= 1"})
 
     def validate(self) -> None:
         if self.chunk < 2:

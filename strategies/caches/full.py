@@ -10,22 +10,18 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from strategies.core.base import CacheStrategy, KVCache, KVLayer, num_cache_layers
+from strategies.core.base import CacheStrategy, KVCache, LengthLayer, num_cache_layers, preallocated
 
 
-class PreallocatedLayer(KVLayer):
+class PreallocatedLayer(LengthLayer):
     lean_decode = True
 
     def __init__(self, max_len: int):
         super().__init__()
         self.max_len = max_len
-        self.length = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        b, h, _, d = key_states.shape
-        opts = dict(dtype=key_states.dtype, device=key_states.device)
-        self.keys = torch.empty(b, h, self.max_len, d, **opts)
-        self.values = torch.empty(b, h, self.max_len, value_states.shape[-1], **opts)
+        self.keys, self.values = preallocated(key_states, value_states, self.max_len)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -39,19 +35,8 @@ class PreallocatedLayer(KVLayer):
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def get_seq_length(self) -> int:
-        return self.length
-
     def get_max_length(self) -> int:
         return self.max_len
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:
-            raise ValueError("crop takes a negative count of tokens to drop")
-        self.length = max(0, self.length + tokens_to_remove)
-
-    def reset(self) -> None:
-        self.length = 0
 
 
 @dataclass

@@ -10,21 +10,21 @@ plus the int32 block tables — not the pool's reservation, which ``stats()`` re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
 from strategies.caches.block_pool import BlockPool, BlockTable
-from strategies.core.base import CacheStrategy, KVCache, KVLayer, num_cache_layers
+from strategies.core.base import CacheStrategy, KVCache, LengthLayer, num_cache_layers
 
 
-class PagedLayer(KVLayer):
+class PagedLayer(LengthLayer):
     lean_decode = True  # update() alone decides what is attended
 
     def __init__(self, owner: PagedCache, layer: int):
         super().__init__()
-        self.owner, self.layer, self.length = owner, layer, 0
+        self.owner, self.layer = owner, layer
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.owner.ensure_pool(key_states)
@@ -51,17 +51,6 @@ class PagedLayer(KVLayer):
 
     def tensors(self) -> list[torch.Tensor]:
         return [t.table for t in self.owner.tables]  # blocks are counted by PagedCache.nbytes
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:
-            raise ValueError("crop takes a negative count of tokens to drop")
-        self.length = max(0, self.length + tokens_to_remove)
-
-    def reset(self) -> None:
-        self.length = 0
 
 
 def gather(pool: torch.Tensor, ids: torch.Tensor, length: int) -> torch.Tensor:
@@ -126,7 +115,7 @@ class Paged(CacheStrategy):
     name = "paged"
     lossless = True
     summary = "blocks of block_size tokens in a shared pool, read through a per-sequence block table"
-    block_size: int = 16
+    block_size: int = field(default=16, metadata={"help": "tokens per K/V block, 1..4096"})
 
     def validate(self) -> None:
         if not 1 <= self.block_size <= 4096:

@@ -16,12 +16,12 @@ allocating (and page-faulting) a fresh tensor in every layer of every step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
-from strategies.core.base import CacheStrategy, KVCache, KVLayer, num_cache_layers
+from strategies.core.base import CacheStrategy, KVCache, KVLayer, kv_shape, num_cache_layers
 from strategies.kernels import kv_quant
 
 
@@ -117,9 +117,12 @@ class QuantizedCache(CacheStrategy):
 
     key_bits = 8
     value_bits = 8
-    group_size: int = 64
-    residual: int = 32
-    symmetric: bool = False
+    group_size: int = field(default=64, metadata={
+        "help": "values per fp16 scale and zero-point, >= 1; divides head_dim (larger: one group per head)"})
+    residual: int = field(
+        default=32, metadata={"help": "recent tokens kept in full precision, quantized in blocks of this many, >= 1"})
+    symmetric: bool = field(default=False, metadata={
+        "help": "true: a scale per group, zero at 0; false: a scale and a zero-point per group"})
 
     def validate(self) -> None:
         if self.group_size < 1:
@@ -130,13 +133,10 @@ class QuantizedCache(CacheStrategy):
 
     def group_for(self, model: PreTrainedModel) -> int:
         """The group size used on ``model``: ``group_size``, or one group per head when heads are smaller."""
-        config = model.config.get_text_config()
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return min(self.group_size, head_dim)
+        return min(self.group_size, kv_shape(model.config)[2])
 
     def supports(self, model: PreTrainedModel) -> str | None:
-        config = model.config.get_text_config()
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = kv_shape(model.config)[2]
         if head_dim % self.group_for(model):
             return f"group_size {self.group_size} must divide head_dim {head_dim}"
         return None

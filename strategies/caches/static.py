@@ -7,7 +7,7 @@ A request longer than the reservation is refused. Lossless.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedModel
 
@@ -22,7 +22,8 @@ class Static(CacheStrategy):
     name = "static"
     lossless = True
     summary = "K/V preallocated once to max_len tokens (0: min(4096, the model's context)), no growth"
-    max_len: int = 0
+    max_len: int = field(default=0, metadata={
+        "help": "tokens reserved per sequence, >= 0 (0: min(4096, the model's context)); longer requests refused"})
 
     def validate(self) -> None:
         if self.max_len < 0:

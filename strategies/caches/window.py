@@ -14,12 +14,12 @@ whatever the sequence length (fewer when the request is shorter).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
-from strategies.core.base import CacheStrategy, KVCache, KVLayer, num_cache_layers
+from strategies.core.base import CacheStrategy, KVCache, KVLayer, num_cache_layers, preallocated
 
 
 class WindowLayer(KVLayer):
@@ -34,10 +34,7 @@ class WindowLayer(KVLayer):
         self.first = sinks  # oldest position (>= sinks) still stored in the ring
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        b, h, _, d = key_states.shape
-        opts = dict(dtype=key_states.dtype, device=key_states.device)
-        self.keys = torch.empty(b, h, self.capacity, d, **opts)
-        self.values = torch.empty(b, h, self.capacity, value_states.shape[-1], **opts)
+        self.keys, self.values = preallocated(key_states, value_states, self.capacity)
         self.is_initialized = True
 
     def slot(self, pos: torch.Tensor) -> torch.Tensor:
@@ -106,6 +103,10 @@ def window_cache(model: PreTrainedModel, window: int, sinks: int, reserve: int, 
     return KVCache([WindowLayer(window, sinks, reserve, max_len) for _ in range(num_cache_layers(model.config))])
 
 
+WINDOW_HELP = {"help": "most recent past tokens a decode step attends to, >= 1"}
+RESERVE_HELP = {"help": "older tokens kept but never attended, so a rollback of up to reserve+1 tokens is exact, >= 0"}
+
+
 def check(window: int, sinks: int, reserve: int, min_sinks: int) -> None:
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
@@ -119,8 +120,8 @@ def check(window: int, sinks: int, reserve: int, min_sinks: int) -> None:
 class SlidingWindow(CacheStrategy):
     name = "sliding-window"
     summary = "the last `window` tokens (+`reserve` for rollback); prefill exact, decode sees the window"
-    window: int = 256
-    reserve: int = 8
+    window: int = field(default=256, metadata=WINDOW_HELP)
+    reserve: int = field(default=8, metadata=RESERVE_HELP)
 
     def validate(self) -> None:
         check(self.window, 0, self.reserve, 0)
@@ -133,9 +134,9 @@ class SlidingWindow(CacheStrategy):
 class Sinks(CacheStrategy):
     name = "sinks"
     summary = "StreamingLLM: the first `sinks` tokens plus the last `window`, original positions kept"
-    sinks: int = 4
-    window: int = 256
-    reserve: int = 8
+    sinks: int = field(default=4, metadata={"help": "first tokens always kept and attended (attention sinks), >= 1"})
+    window: int = field(default=256, metadata=WINDOW_HELP)
+    reserve: int = field(default=8, metadata=RESERVE_HELP)
 
     def validate(self) -> None:
         check(self.window, self.sinks, self.reserve, 1)

@@ -8,8 +8,8 @@ over whatever cache it is given. ``speculative+quant-int8`` is the speculative d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -17,22 +17,11 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from strategies.core.forward import score_through_cache
-from strategies.core.requests import serve_one_by_one
+from strategies.core.requests import Emit, Generation, InstantClock, as_requests, serve_one_by_one
 
-# emit(request_index, token_ids): called by a decoder each time it produces tokens (possibly several at once).
-Emit = Callable[[int, Sequence[int]], None]
+# Emit and Generation are defined beside serve_one_by_one (it builds Generations); the rest import them from here.
 # new_cache(batch, max_len) -> Cache | None (None: no cache, recompute everything — the naive path).
 NewCache = Callable[[int, int], "Cache | None"]
-
-
-@dataclass
-class Generation:
-    """What ``generate`` and ``serve`` return (gpt-fast's ``seq, stats``): the new token ids per prompt or request,
-    the figures of this very call (merged into the row), and the requests refused with the reason."""
-
-    tokens: list[list[int]]
-    stats: dict[str, Any] = field(default_factory=dict)
-    failures: dict[int, str] = field(default_factory=dict)  # request index -> why it was refused (serving)
 
 
 class Unsupported(Exception):
@@ -94,9 +83,51 @@ class KVCache(Cache):
         return {}
 
 
+class LengthLayer(KVLayer):
+    """A layer whose tokens fill the first ``length`` slots of storage it keeps: rolling back only moves ``length``
+    (the slots past it are overwritten by the next update), so crop and reset cost nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.length = 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative count of tokens to drop")
+        self.length = max(0, self.length + tokens_to_remove)
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+def preallocated(key_states: torch.Tensor, value_states: torch.Tensor, tokens: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised K and V buffers of ``tokens`` slots shaped after the first update's [batch, heads, _, dim]."""
+    b, h, _, d = key_states.shape
+    opts = dict(dtype=key_states.dtype, device=key_states.device)
+    return torch.empty(b, h, tokens, d, **opts), torch.empty(b, h, tokens, value_states.shape[-1], **opts)
+
+
+def _text_config(config: Any) -> Any:
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def num_cache_layers(config: Any) -> int:
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return int(config.num_hidden_layers)
+    return int(_text_config(config).num_hidden_layers)
+
+
+def kv_shape(config: Any) -> tuple[int, int, int]:
+    """(layers, kv_heads, head_dim) of a model config: one token's K (or V) in a full cache is kv_heads × head_dim
+    per layer. Configs without ``num_key_value_heads`` (gpt2) have one KV head per query head; without ``head_dim``,
+    heads split the hidden size (transformers' attention modules read them the same way)."""
+    c = _text_config(config)
+    heads = c.num_attention_heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return int(c.num_hidden_layers), int(kv_heads), int(head_dim)
 
 
 @dataclass
@@ -115,7 +146,8 @@ class Strategy:
         """Check parameter values; override and raise ValueError with the allowed range."""
 
     def params(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        # init=False fields are built state (a draft model), not parameters
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
 
 @dataclass
@@ -142,16 +174,10 @@ class DecodingStrategy(Strategy):
         """Build what this decoder needs for ``model`` (a draft model...) before warm-up, untimed. ``load(spec)``
         loads another model in the target's dtype and device, for drafts named by a model spec."""
 
-    def generate(
-        self,
-        model: PreTrainedModel,
-        new_cache: NewCache,
-        prompts: list[list[int]],
-        max_new_tokens: int,
-        sampling: Any,
-        emit: Emit,
-    ) -> list[list[int]]:
-        """Generate exactly ``max_new_tokens`` for each prompt; return the new token ids per prompt."""
+    def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: Any, emit: Emit) -> Generation:
+        """Generate exactly ``max_new_tokens`` for each prompt: the new token ids per prompt and the figures of this
+        call (acceptance rate, target forwards, which decode forward ran...)."""
         raise NotImplementedError
 
     def score(
@@ -163,12 +189,20 @@ class DecodingStrategy(Strategy):
         return score_through_cache(model, new_cache, prompt_ids, continuation_ids)
 
     def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list, sampling: Any, emit: Emit,
-              clock: Any, cache: CacheStrategy | None = None) -> list[list[int]]:
-        """Serve a request workload (``strategies.core.requests.Request`` with arrival offsets); tokens per request.
-        The default serves one request after another in arrival order; schedulers override it. ``cache`` is the
-        cache strategy itself, for engines that manage their own memory (block pools, prefix caching)."""
-        return serve_one_by_one(self, model, new_cache, requests, sampling, emit, clock)
+              clock: Any, cache: CacheStrategy | None = None) -> Generation:
+        """Serve a request workload (``strategies.core.requests.Request`` with arrival offsets): tokens per request,
+        the figures of the run and the requests refused. The default serves one request after another in arrival
+        order; schedulers override it. ``cache`` is the cache strategy itself, for engines that manage their own
+        memory (block pools, prefix caching)."""
+        return serve_one_by_one(lambda prompts, max_new, emit_one: self.generate(
+            model, new_cache, prompts, max_new, sampling, emit_one), requests, emit, clock)
 
-    def stats(self) -> dict[str, Any]:
-        """Figures of the last ``generate`` call merged into the row (acceptance rate, target forwards...)."""
-        return {}
+
+@dataclass
+class RequestEngine(DecodingStrategy):
+    """A decoder whose one path is ``serve`` (batching and scheduling engines): ``generate`` serves the prompts as
+    requests that have all arrived."""
+
+    def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: Any, emit: Emit) -> Generation:
+        return self.serve(model, new_cache, as_requests(prompts, max_new_tokens), sampling, emit, InstantClock())

@@ -1,4 +1,5 @@
-"""Draft models for ``speculative``: built once per target, each run with a full-precision cache of its own.
+"""Draft models for ``speculative`` and ``hf-assisted``: built once per target in the decoder's ``prepare`` (before
+warm-up, untimed), each run with a full-precision cache of its own.
 
 - ``layers:N`` — self-draft (LayerSkip-style early exit): the target's first N decoder layers, its final norm and
   LM head. A *view*: shallow copies of the model objects whose layer list holds the first N layers, so no weight
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -107,6 +109,30 @@ def build_draft(model: PreTrainedModel, spec: str, load: LoadModel | None = None
         raise ValueError(f"draft {spec!r} has a vocabulary of {draft.config.vocab_size} ids, the target "
                          f"{model.config.vocab_size}: a draft must share the target's tokenizer")
     return draft
+
+
+@dataclass(frozen=True)
+class PreparedDraft:
+    """A draft and the target it was built for (a ``layers:N`` draft shares that target's modules)."""
+
+    target: PreTrainedModel
+    model: PreTrainedModel
+
+
+def prepare_draft(prepared: PreparedDraft | None, target: PreTrainedModel, spec: str,
+                  load: LoadModel | None = None) -> PreparedDraft:
+    """The draft of ``spec`` for ``target``: the one already prepared for it, else a new one."""
+    if prepared is not None and prepared.target is target:
+        return prepared
+    return PreparedDraft(target, build_draft(target, spec, load))
+
+
+def draft_for(prepared: PreparedDraft | None, target: PreTrainedModel, decoder: str) -> PreTrainedModel:
+    """The draft prepared for ``target``; building one while generating would put its cost in the timed run."""
+    if prepared is None or prepared.target is not target:
+        raise RuntimeError(f"{decoder}: call prepare(model) before generate — it builds the draft for that model "
+                           "(the runner does so before warm-up)")
+    return prepared.model
 
 
 class ModelProposer:

@@ -15,7 +15,7 @@ causal forward, which keeps the cache a plain append-then-crop-the-tail cache (a
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
@@ -54,9 +54,10 @@ class Lookahead(SpeculativeDecoder):
     name = "lookahead"
     summary = "Jacobi iteration + n-gram pool, one verified guess per forward (simplified Fu et al. 2024)"
 
-    window: int = 5
-    ngram: int = 4
-    guess: int = 5
+    window: int = field(default=5, metadata={"help": "Jacobi window: future tokens guessed per forward, >= 1"})
+    ngram: int = field(default=4, metadata={"help": "length of the n-grams harvested into the pool, >= 2"})
+    guess: int = field(
+        default=5, metadata={"help": "n-grams kept in the pool per starting token (the newest is tried), >= 1"})
 
     @property
     def k(self) -> int:

@@ -8,7 +8,7 @@ started repeating a passage. No match: the step is a plain one-token decode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
@@ -48,8 +48,9 @@ class PromptLookup(SpeculativeDecoder):
     name = "prompt-lookup"
     summary = "n-gram match in prompt + generated text proposes k tokens; target verifies in one forward"
 
-    ngram: int = 3
-    k: int = 10
+    ngram: int = field(
+        default=3, metadata={"help": "longest n-gram looked up in prompt + generated text (tried down to 1), >= 1"})
+    k: int = field(default=10, metadata={"help": "most tokens drafted from a match per step, >= 1"})
 
     def validate(self) -> None:
         if self.ngram < 1:

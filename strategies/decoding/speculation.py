@@ -21,8 +21,9 @@ from typing import Any, Protocol
 import torch
 from transformers import Cache, PreTrainedModel
 
-from strategies.core.base import DecodingStrategy, Emit, NewCache
+from strategies.core.base import CacheStrategy, DecodingStrategy, Emit, Generation, NewCache
 from strategies.core.forward import forward_logits, prefill
+from strategies.core.requests import Request, ServeClock, serve_one_by_one
 from strategies.core.sampling import Sampling, draw, eos_ids
 
 
@@ -61,7 +62,7 @@ def one_hot(tokens: list[int], vocab: int) -> torch.Tensor:
 
 @dataclass
 class SpeculationStats:
-    """Counts over one ``generate`` call (all its requests)."""
+    """Counts over one ``generate`` or ``serve`` call (all its requests)."""
 
     steps: int = 0
     drafted: int = 0
@@ -136,12 +137,10 @@ class SpeculativeDecoder(DecodingStrategy):
                  banned: list[int], sampling: Sampling) -> Proposer:
         raise NotImplementedError
 
-
     @torch.inference_mode()
-    def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
-                 sampling: Sampling, emit: Emit) -> list[list[int]]:
-        self.prepare(model)
-        self._stats = stats = SpeculationStats()
+    def speculate_each(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]],
+                       max_new_tokens: int, sampling: Sampling, emit: Emit, stats: SpeculationStats) -> list[list[int]]:
+        """Tokens per prompt, one prompt after another, counting into ``stats``."""
         outputs = []
         for i, prompt in enumerate(prompts):
             cache = new_cache(1, len(prompt) + max_new_tokens - 1)  # never more than a step decoder's cache holds
@@ -153,6 +152,19 @@ class SpeculativeDecoder(DecodingStrategy):
                                      lambda tokens, i=i: emit(i, tokens), stats))
         return outputs
 
-    def stats(self) -> dict[str, Any]:
-        stats = getattr(self, "_stats", None)
-        return stats.row() if stats else {}
+    def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: Sampling, emit: Emit) -> Generation:
+        stats = SpeculationStats()
+        tokens = self.speculate_each(model, new_cache, prompts, max_new_tokens, sampling, emit, stats)
+        return Generation(tokens, stats.row())
+
+    def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list[Request], sampling: Sampling,
+              emit: Emit, clock: ServeClock, cache: CacheStrategy | None = None) -> Generation:
+        """One request after another (the default), with the figures counted over all of them, not the last."""
+        stats = SpeculationStats()
+
+        def generate(prompts: list[list[int]], max_new_tokens: int, emit_one: Emit) -> Generation:
+            tokens = self.speculate_each(model, new_cache, prompts, max_new_tokens, sampling, emit_one, stats)
+            return Generation(tokens, stats.row())
+
+        return serve_one_by_one(generate, requests, emit, clock)

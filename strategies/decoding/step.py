@@ -5,12 +5,12 @@ With ``naive``'s cache (None) each step recomputes the whole sequence instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
-from strategies.core.base import DecodingStrategy, Emit, NewCache
+from strategies.core.base import DecodingStrategy, Emit, Generation, NewCache
 from strategies.core.forward import decode_one_token, prefill
 from strategies.core.sampling import Sampling, eos_ids
 from strategies.kernels.lean_forward import lean_decoder
@@ -21,28 +21,18 @@ class StepDecoding(DecodingStrategy):
     name = "step"
     lossless = True
     summary = "one token per forward over the given cache (the default decoder)"
-    # auto: the lean llama-family decode forward where model and cache allow it; hf: always transformers' forward
-    forward: str = "auto"
+    forward: str = field(default="auto", metadata={
+        "help": "auto: our lean llama-family decode forward where model and cache allow; hf: transformers' forward"})
 
     def validate(self) -> None:
         if self.forward not in ("auto", "hf"):
             raise ValueError(f"forward must be 'auto' or 'hf', got {self.forward!r}")
 
-    def stats(self) -> dict[str, str]:
-        return {"decode_forward": getattr(self, "decode_forward", "")}
-
     @torch.inference_mode()
-    def generate(
-        self,
-        model: PreTrainedModel,
-        new_cache: NewCache,
-        prompts: list[list[int]],
-        max_new_tokens: int,
-        sampling: Sampling,
-        emit: Emit,
-    ) -> list[list[int]]:
+    def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: Sampling, emit: Emit) -> Generation:
         device = model.device
-        outputs, banned = [], eos_ids(model)
+        outputs, banned, decode_forward = [], eos_ids(model), ""
         for i, prompt in enumerate(prompts):
             gen = sampling.generator(device)
             n = len(prompt)
@@ -50,7 +40,7 @@ class StepDecoding(DecodingStrategy):
             seq[0, :n] = torch.tensor(prompt, device=device)
             cache = new_cache(1, n + max_new_tokens - 1)  # the last token is emitted, never cached
             lean = lean_decoder(model, cache) if self.forward == "auto" else None
-            self.decode_forward = "lean" if lean else "transformers" if cache is not None else "recompute"
+            decode_forward = "lean" if lean else "transformers" if cache is not None else "recompute"
             logits = prefill(model, cache, seq[:, :n])
             for t in range(max_new_tokens):
                 if t:
@@ -59,4 +49,4 @@ class StepDecoding(DecodingStrategy):
                 seq[0, n + t] = token
                 emit(i, [token])
             outputs.append(seq[0, n:].tolist())
-        return outputs
+        return Generation(outputs, {"decode_forward": decode_forward})

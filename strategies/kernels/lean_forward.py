@@ -29,8 +29,6 @@ class LeanDecoder:
     def __init__(self, model: PreTrainedModel):
         self.model, self.config = model, model.config
         c = model.config
-        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
-        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
 
     def usable_at(self, position: int) -> bool:
@@ -41,9 +39,9 @@ class LeanDecoder:
         m = self.model.model
         x = m.embed_tokens(token.view(1, 1))
         cos, sin = m.rotary_emb(x, torch.tensor([[position]], device=x.device))
-        hd, nq = self.head_dim, self.heads * self.head_dim
         for i, layer in enumerate(m.layers):
             a, mlp = layer.self_attn, layer.mlp
+            hd = a.head_dim  # the attention module's own (no second reading of the config to disagree with it)
             h = layer.input_layernorm(x)
             q, k, v = a.q_proj(h).view(1, 1, -1, hd), a.k_proj(h).view(1, 1, -1, hd), a.v_proj(h)
             if hasattr(a, "q_norm"):  # qwen3 normalises each head before RoPE
@@ -51,7 +49,7 @@ class LeanDecoder:
             q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)
             keys, values = cache.layers[i].update(k, v.view(1, 1, -1, hd).transpose(1, 2))
             o = F.scaled_dot_product_attention(q, keys, values, scale=a.scaling, enable_gqa=True)
-            x = x + a.o_proj(o.transpose(1, 2).reshape(1, 1, nq))
+            x = x + a.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
             h = layer.post_attention_layernorm(x)
             x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
         return self.model.lm_head(m.norm(x))[0, -1].float()

@@ -7,14 +7,16 @@ to the runner as they come, and a row stops being reported after its own ``max_n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from transformers import PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from strategies.core.requests import Request, arrived
-from strategies.core.sampling import eos_ids
+from strategies.core.base import Emit, NewCache
+from strategies.core.sampling import Sampling
 from strategies.peers.hf_generate import HFGenerate, generate_kwargs
+from strategies.scheduling.static_batch import StaticBatcher, left_padded, pad_id
 
 
 class BatchEmitStreamer(BaseStreamer):
@@ -37,14 +39,11 @@ class BatchEmitStreamer(BaseStreamer):
 
 
 @torch.inference_mode()
-def hf_padded_batch(model, prompts: list[list[int]], max_new: list[int], sampling, emit) -> list[list[int]]:
+def hf_padded_batch(model: PreTrainedModel, prompts: list[list[int]], max_new: list[int], sampling: Sampling,
+                    emit: Emit) -> list[list[int]]:
     longest = max(map(len, prompts))
-    pad = (eos_ids(model) or [0])[0]
-    ids = torch.full((len(prompts), longest), pad, dtype=torch.long, device=model.device)
-    mask = torch.zeros_like(ids)
-    for b, p in enumerate(prompts):
-        ids[b, longest - len(p) :] = torch.tensor(p, device=model.device)
-        mask[b, longest - len(p) :] = 1
+    pad = pad_id(model)
+    ids, mask = left_padded(prompts, pad, 0, model.device)
     torch.manual_seed(sampling.seed)
     out = model.generate(ids, attention_mask=mask, streamer=BatchEmitStreamer(emit, max_new), pad_token_id=pad,
                          **generate_kwargs(sampling, max(max_new)))
@@ -52,35 +51,14 @@ def hf_padded_batch(model, prompts: list[list[int]], max_new: list[int], samplin
 
 
 @dataclass
-class HFBatch(HFGenerate):
+class HFBatch(StaticBatcher, HFGenerate):
     name = "hf-batch"
     lossless = True
     takes_cache = False
     peer = True
     summary = "peer: transformers generate() on left-padded static batches of batch_size"
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata={"help": "requests per left-padded generate() batch, >= 1"})
 
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"hf-batch.batch_size must be >= 1, got {self.batch_size}")
-
-    def generate(self, model, new_cache, prompts, max_new_tokens, sampling, emit) -> list[list[int]]:
-        outputs: list[list[int]] = []
-        for start in range(0, len(prompts), self.batch_size):
-            group = prompts[start : start + self.batch_size]
-            outputs += hf_padded_batch(model, group, [max_new_tokens] * len(group), sampling,
-                                       lambda b, t, s=start: emit(s + b, t))
-        return outputs
-
-    def serve(self, model, new_cache, requests: list[Request], sampling, emit, clock, cache=None):
-        outputs: list[list[int]] = [[] for _ in requests]
-        waiting = sorted(requests, key=lambda r: (r.arrival_s, r.index))
-        while waiting:
-            clock.wait_until(waiting[0].arrival_s)
-            group = arrived(waiting, clock)[: self.batch_size]
-            waiting = [r for r in waiting if r not in group]
-            tokens = hf_padded_batch(model, [list(r.prompt) for r in group], [r.max_new_tokens for r in group],
-                                     sampling, lambda b, t, g=group: emit(g[b].index, t))
-            for r, out in zip(group, tokens):
-                outputs[r.index] = out
-        return outputs
+    def padded_batch(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new: list[int],
+                     sampling: Sampling, emit: Emit) -> list[list[int]]:
+        return hf_padded_batch(model, prompts, max_new, sampling, emit)  # transformers' own cache

@@ -9,37 +9,36 @@ reports the error (status failed) rather than a number.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from transformers import PreTrainedModel
 
-from strategies.core.requests import Request
+from strategies.core.base import CacheStrategy, Emit, Generation, NewCache, RequestEngine
+from strategies.core.requests import Request, ServeClock, in_arrival_order
+from strategies.core.sampling import Sampling
 from strategies.peers.hf_generate import HFGenerate
 
 
-class InstantClock:
-    def now(self) -> float:
-        return float("inf")
-
-    def wait_until(self, t: float) -> None:
-        pass
-
-
 @dataclass
-class HFContinuous(HFGenerate):
+class HFContinuous(RequestEngine, HFGenerate):
     name = "hf-continuous"
     lossless = True
     summary = "peer: transformers' continuous-batching manager (generate_batch's engine), requests added on arrival"
-    max_batch: int = 16  # requests per step, as `continuous`
-    num_blocks: int = 32  # of transformers' 256-token pages
-    max_batch_tokens: int = 1024
+    max_batch: int = field(
+        default=16, metadata={"help": "most requests per step (max_requests_per_batch), as continuous.max_batch, >= 1"})
+    num_blocks: int = field(
+        default=32, metadata={"help": "cache pages reserved, of transformers' 256 tokens each, >= 1"})
+    max_batch_tokens: int = field(default=1024, metadata={"help": "most prompt + new tokens computed per step, >= 1"})
 
-    def generate(self, model, new_cache, prompts, max_new_tokens, sampling, emit) -> list[list[int]]:
-        requests = [Request(i, tuple(p), max_new_tokens) for i, p in enumerate(prompts)]
-        return self.serve(model, new_cache, requests, sampling, emit, InstantClock())
+    def validate(self) -> None:
+        for key in ("max_batch", "num_blocks", "max_batch_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"hf-continuous.{key} must be >= 1, got {getattr(self, key)}")
 
     @torch.inference_mode()
-    def serve(self, model, new_cache, requests: list[Request], sampling, emit, clock, cache=None):
+    def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list[Request], sampling: Sampling,
+              emit: Emit, clock: ServeClock, cache: CacheStrategy | None = None) -> Generation:
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
@@ -52,7 +51,7 @@ class HFContinuous(HFGenerate):
         manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=sizes)
         outputs: list[list[int]] = [[] for _ in requests]
         emitted = [0] * len(requests)
-        pending = deque(sorted(requests, key=lambda r: (r.arrival_s, r.index)))
+        pending = deque(in_arrival_order(requests))
         manager.start()
         try:
             done = 0
@@ -83,4 +82,4 @@ class HFContinuous(HFGenerate):
             model.destroy_cached_continuous_batching_manager()
             if hasattr(manager, "destroy"):
                 manager.destroy()
-        return outputs
+        return Generation(outputs)

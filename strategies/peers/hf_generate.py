@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import Cache, DynamicCache, PreTrainedModel
 from transformers.generation.streamers import BaseStreamer
 
-from strategies.core.base import DecodingStrategy, Emit, NewCache
+from strategies.core.base import DecodingStrategy, Emit, Generation, NewCache
 from strategies.core.hf_compat import with_cache
 from strategies.core.sampling import Sampling
 
@@ -52,16 +52,13 @@ class HFGenerate(DecodingStrategy):
         """More ``generate`` options (peers built on this one: assisted generation, prompt lookup)."""
         return {}
 
+    def make_cache(self, model: PreTrainedModel, max_len: int) -> Cache:
+        """The cache ``score`` reads through: the one ``generate`` builds by default, transformers' DynamicCache."""
+        return DynamicCache(config=model.config)
+
     @torch.inference_mode()
-    def generate(
-        self,
-        model: PreTrainedModel,
-        new_cache: NewCache,
-        prompts: list[list[int]],
-        max_new_tokens: int,
-        sampling: Sampling,
-        emit: Emit,
-    ) -> list[list[int]]:
+    def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
+                 sampling: Sampling, emit: Emit) -> Generation:
         outputs = []
         for i, prompt in enumerate(prompts):
             torch.manual_seed(sampling.seed)
@@ -70,18 +67,16 @@ class HFGenerate(DecodingStrategy):
                                  pad_token_id=model.config.eos_token_id, **generate_kwargs(sampling, max_new_tokens),
                                  **self.extra_kwargs(model))
             outputs.append(out[0, len(prompt):].tolist())
-        return outputs
+        return Generation(outputs)
 
     @torch.inference_mode()
     def score(
         self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int], continuation_ids: list[int]
     ) -> torch.Tensor:
-        """Through transformers' DynamicCache: prefill, then one token per forward."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=model.config)
-        ids = torch.tensor([prompt_ids + continuation_ids], device=model.device)
+        """Through transformers' own cache (``make_cache``): prefill, then one token per forward."""
         n, m = len(prompt_ids), len(continuation_ids)
+        cache = self.make_cache(model, n + m)
+        ids = torch.tensor([prompt_ids + continuation_ids], device=model.device)
         rows = [model(input_ids=ids[:, :n], **with_cache(model, cache), logits_to_keep=1).logits[0, -1]]
         for t in range(1, m):
             rows.append(model(input_ids=ids[:, n + t - 1 : n + t], **with_cache(model, cache)).logits[0, -1])

@@ -10,17 +10,16 @@ have no peer row. Their bytes are not probed: the harness does not see inside tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from transformers import Cache, PreTrainedModel, QuantizedCache, StaticCache
 from transformers.utils import is_hqq_available, is_optimum_quanto_available
 
-from strategies.core.base import Emit, NewCache, Unsupported
-from strategies.core.hf_compat import with_cache
+from strategies.core.base import Emit, Generation, NewCache, Unsupported
 from strategies.core.sampling import Sampling
-from strategies.peers.hf_generate import EmitStreamer, HFGenerate, generate_kwargs
+from strategies.peers.hf_generate import HFGenerate
 
 
 @dataclass
@@ -38,33 +37,20 @@ class HFCachePeer(HFGenerate):
         raise NotImplementedError
 
     def check_backend(self) -> None:
-        """Raise bench.cell.Unsupported when an optional backend is missing."""
+        """Raise Unsupported when an optional backend is missing."""
 
-    @torch.inference_mode()
+    def extra_kwargs(self, model: PreTrainedModel) -> dict:
+        return dict(cache_implementation=self.cache_implementation, cache_config=self.cache_config())
+
     def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
-                 sampling: Sampling, emit: Emit) -> list[list[int]]:
+                 sampling: Sampling, emit: Emit) -> Generation:
         self.check_backend()
-        outputs = []
-        for i, prompt in enumerate(prompts):
-            torch.manual_seed(sampling.seed)
-            ids = torch.tensor([prompt], device=model.device)
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), streamer=EmitStreamer(emit, i),
-                                 pad_token_id=model.config.eos_token_id, cache_implementation=self.cache_implementation,
-                                 cache_config=self.cache_config(), **generate_kwargs(sampling, max_new_tokens))
-            outputs.append(out[0, len(prompt):].tolist())
-        return outputs
+        return super().generate(model, new_cache, prompts, max_new_tokens, sampling, emit)
 
-    @torch.inference_mode()
     def score(self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int],
               continuation_ids: list[int]) -> torch.Tensor:
         self.check_backend()
-        n, m = len(prompt_ids), len(continuation_ids)
-        cache = self.make_cache(model, n + m)
-        ids = torch.tensor([prompt_ids + continuation_ids], device=model.device)
-        rows = [model(input_ids=ids[:, :n], **with_cache(model, cache), logits_to_keep=1).logits[0, -1]]
-        for t in range(1, m):
-            rows.append(model(input_ids=ids[:, n + t - 1 : n + t], **with_cache(model, cache)).logits[0, -1])
-        return torch.stack(rows).float().log_softmax(-1)
+        return super().score(model, new_cache, prompt_ids, continuation_ids)
 
 
 @dataclass
@@ -86,9 +72,10 @@ class HFQuantized(HFCachePeer):
     name = "hf-quantized"
     summary = "peer: transformers QuantizedCache (quanto 2/4-bit, HQQ 8-bit; residual_length recent tokens exact)"
     cache_implementation = "quantized"
-    nbits: int = 4
-    q_group_size: int = 64
-    residual_length: int = 128
+    nbits: int = field(
+        default=4, metadata={"help": "bits per quantized value: 2 or 4 (quanto backend) or 8 (HQQ backend)"})
+    q_group_size: int = field(default=64, metadata={"help": "values sharing one scale and zero-point, >= 1"})
+    residual_length: int = field(default=128, metadata={"help": "most recent tokens kept in full precision, >= 0"})
 
     def validate(self) -> None:
         if self.nbits not in BACKENDS:

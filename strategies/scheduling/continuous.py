@@ -12,42 +12,34 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
 from strategies.caches.block_pool import BlockPool
 from strategies.caches.prefix_cache import PrefixCache, PrefixIndex
-from strategies.core.base import DecodingStrategy, num_cache_layers
-from strategies.core.requests import Request
+from strategies.core.base import CacheStrategy, Emit, Generation, NewCache, RequestEngine, kv_shape
+from strategies.core.requests import Request, ServeClock, in_arrival_order
 from strategies.core.sampling import Sampling, eos_ids
 from strategies.scheduling.paged_batch import forward_rows
 from strategies.scheduling.scheduler import RequestTooLarge, Scheduler, Sequence
 
 
-class InstantClock:
-    """Every request has arrived (the single-prompt interface)."""
-
-    def now(self) -> float:
-        return math.inf
-
-    def wait_until(self, t: float) -> None:
-        pass
-
-
 @dataclass
-class ContinuousBatching(DecodingStrategy):
+class ContinuousBatching(RequestEngine):
     name = "continuous"
     lossless = True
     default_cache = "paged"
     allowed_caches = ("paged", "prefix-cache")
     summary = "iteration-level batching over a paged block pool; preempts (recompute) when blocks run out"
-    max_batch: int = 16
-    block_size: int = 16
-    num_blocks: int = 256
-    chunked_prefill: int = 0  # prompt tokens per step (0: whole prompts at admission)
+    max_batch: int = field(default=16, metadata={"help": "most requests running in one step, >= 1"})
+    block_size: int = field(
+        default=16, metadata={"help": "tokens per block of the engine's pool (its own, not paged.block_size), >= 1"})
+    num_blocks: int = field(default=256, metadata={
+        "help": "blocks in the pool, reserved once per run (num_blocks x block_size tokens), >= 1"})
+    chunked_prefill: int = field(
+        default=0, metadata={"help": "prompt tokens prefilled per step, >= 0 (0: whole prompts at admission)"})
 
     def validate(self) -> None:
         for key in ("max_batch", "block_size", "num_blocks"):
@@ -56,26 +48,19 @@ class ContinuousBatching(DecodingStrategy):
         if self.chunked_prefill < 0:
             raise ValueError(f"continuous.chunked_prefill must be >= 0 (0 = off), got {self.chunked_prefill}")
 
-    def generate(self, model, new_cache, prompts, max_new_tokens, sampling, emit) -> list[list[int]]:
-        requests = [Request(i, tuple(p), max_new_tokens) for i, p in enumerate(prompts)]
-        return self.serve(model, new_cache, requests, sampling, emit, InstantClock())
-
     @torch.inference_mode()
-    def serve(self, model: PreTrainedModel, new_cache, requests: list[Request], sampling: Sampling, emit,
-              clock, cache=None) -> list[list[int]]:
-        config = model.config.get_text_config()
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        layers = num_cache_layers(model.config)
+    def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list[Request], sampling: Sampling,
+              emit: Emit, clock: ServeClock, cache: CacheStrategy | None = None) -> Generation:
+        layers, kv_heads, head_dim = kv_shape(model.config)
         block_size = self.block_size
-        pool = BlockPool(self.num_blocks, block_size, layers, heads, head_dim, model.dtype, model.device)
+        pool = BlockPool(self.num_blocks, block_size, layers, kv_heads, head_dim, model.dtype, model.device)
         pool.keys.zero_(), pool.values.zero_()  # padding reads stale slots with zero weight: keep them finite
         prefix = PrefixIndex(block_size) if isinstance(cache, PrefixCache) else None
         sched = Scheduler(pool, self.max_batch, prefix)
         banned, gen = eos_ids(model), sampling.generator(model.device)
         outputs: list[list[int]] = [[] for _ in requests]
-        self.failures: dict[int, str] = {}
-        arrivals = deque(sorted(requests, key=lambda r: (r.arrival_s, r.index)))
+        failures: dict[int, str] = {}
+        arrivals = deque(in_arrival_order(requests))
         peak_used, utilisation, steps = 0, 0.0, 0
         while arrivals or sched.running or sched.waiting:
             now = clock.now()
@@ -85,7 +70,7 @@ class ContinuousBatching(DecodingStrategy):
                     sched.check_fits(r)
                     sched.waiting.append(Sequence(r, list(r.prompt)))
                 except RequestTooLarge as e:
-                    self.failures[r.index] = str(e)
+                    failures[r.index] = str(e)
             if not sched.running and not sched.waiting:
                 if arrivals:
                     clock.wait_until(arrivals[0].arrival_s)
@@ -102,14 +87,15 @@ class ContinuousBatching(DecodingStrategy):
                 if seq.is_finished:
                     outputs[seq.request.index] = seq.tokens[len(seq.request.prompt):]
                     sched.finish(seq)
-        self._stats = {"peak_blocks_used": peak_used, "num_blocks": self.num_blocks,
-                       "block_utilisation": utilisation / steps if steps else math.nan,
-                       "preemptions": sched.num_preemptions, "pool_bytes": pool.reserved_bytes,
-                       "prefix_hit_rate": sched.num_cached_tokens / max(1, sched.num_prompt_tokens)
-                       if prefix is not None else math.nan, "failed_requests": len(self.failures)}
-        return outputs
+        stats = {"peak_blocks_used": peak_used, "num_blocks": self.num_blocks,
+                 "block_utilisation": utilisation / steps if steps else math.nan,
+                 "preemptions": sched.num_preemptions, "pool_bytes": pool.reserved_bytes,
+                 "prefix_hit_rate": sched.num_cached_tokens / max(1, sched.num_prompt_tokens)
+                 if prefix is not None else math.nan, "failed_requests": len(failures)}
+        return Generation(outputs, stats, failures)
 
-    def run_step(self, model, sched: Scheduler, layers: int, running: list[Sequence]):
+    def run_step(self, model: PreTrainedModel, sched: Scheduler, layers: int, running: list[Sequence]
+                 ) -> list[tuple[Sequence, torch.Tensor]]:
         """Prefill (chunks) one sequence per forward, then one batched decode for every sequence with one pending
         token; returns (sequence, logits) for those whose every token is now computed."""
         ready, budget, pool = [], self.chunked_prefill or math.inf, sched.pool
@@ -133,6 +119,3 @@ class ContinuousBatching(DecodingStrategy):
                 sched.register_full_blocks(seq)
                 ready.append((seq, row))
         return ready
-
-    def stats(self) -> dict[str, Any]:
-        return getattr(self, "_stats", {})

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transformers import PreTrainedModel
+
+from strategies.core.base import CacheStrategy, Emit, Generation, NewCache
+from strategies.core.requests import Request, ServeClock
+from strategies.core.sampling import Sampling
 from strategies.decoding.step import StepDecoding
 
 
@@ -19,18 +24,13 @@ class Sequential(StepDecoding):
     lossless = True
     summary = "one request at a time in arrival order (the request workloads' token reference)"
 
-    def serve(self, model, new_cache, requests, sampling, emit, clock, cache=None):
+    def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list[Request], sampling: Sampling,
+              emit: Emit, clock: ServeClock, cache: CacheStrategy | None = None) -> Generation:
         from strategies.caches.prefix_cache import PrefixCache
 
         if isinstance(cache, PrefixCache):
             from strategies.scheduling.continuous import ContinuousBatching
 
             engine = ContinuousBatching(max_batch=1, block_size=cache.block_size)  # prefix-cache.block_size rules
-            tokens = engine.serve(model, new_cache, requests, sampling, emit, clock, cache=cache)
-            self._stats, self.failures = engine.stats(), engine.failures
-            return tokens
-        self._stats, self.failures = {}, {}
+            return engine.serve(model, new_cache, requests, sampling, emit, clock, cache=cache)
         return super().serve(model, new_cache, requests, sampling, emit, clock, cache=cache)
-
-    def stats(self):
-        return getattr(self, "_stats", {})

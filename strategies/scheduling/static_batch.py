@@ -9,15 +9,33 @@ free (up to ``batch_size``); with nothing waiting it idles until the next arriva
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
 
-from strategies.core.base import DecodingStrategy, Emit, NewCache
+from strategies.core.base import CacheStrategy, Emit, Generation, NewCache, RequestEngine
 from strategies.core.hf_compat import with_cache
-from strategies.core.requests import Request, arrived
+from strategies.core.requests import Request, ServeClock, serve_in_groups
 from strategies.core.sampling import Sampling, eos_ids
+
+
+def pad_id(model: PreTrainedModel) -> int:
+    """The id padding is written with (never attended): the first end-of-sequence id, else 0."""
+    return (eos_ids(model) or [0])[0]
+
+
+def left_padded(prompts: list[list[int]], pad: int, extra: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids [batch, longest + extra] with each prompt right-aligned at ``longest``, and the 2D attention mask: 1 from a
+    prompt's first token to the end, since the ``extra`` positions will hold generated tokens of every row."""
+    batch, longest = len(prompts), max(map(len, prompts))
+    ids = torch.full((batch, longest + extra), pad, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, longest - len(p) : longest] = torch.tensor(p, device=device)
+        mask[b, longest - len(p) :] = 1
+    return ids, mask
 
 
 @torch.inference_mode()
@@ -26,12 +44,7 @@ def run_padded_batch(model: PreTrainedModel, new_cache: NewCache, prompts: list[
     """Generate ``max_new[b]`` tokens for each prompt in one left-padded batch; ``emit(b, [token])`` per row."""
     device, banned = model.device, eos_ids(model)
     batch, longest, steps = len(prompts), max(map(len, prompts)), max(max_new)
-    pad = banned[0] if banned else 0
-    seq = torch.full((batch, longest + steps), pad, dtype=torch.long, device=device)
-    mask = torch.zeros(batch, longest + steps, dtype=torch.long, device=device)
-    for b, p in enumerate(prompts):
-        seq[b, longest - len(p) : longest] = torch.tensor(p, device=device)
-        mask[b, longest - len(p) :] = 1  # generated positions are real tokens of every row
+    seq, mask = left_padded(prompts, pad_id(model), steps, device)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     gen = sampling.generator(device)
     cache = new_cache(batch, longest + steps - 1)
@@ -52,34 +65,34 @@ def run_padded_batch(model: PreTrainedModel, new_cache: NewCache, prompts: list[
 
 
 @dataclass
-class StaticBatch(DecodingStrategy):
-    name = "static-batch"
-    lossless = True
-    summary = "padded static batches in arrival order; each batch runs until its longest request finishes"
-    batch_size: int = 8
+class StaticBatcher(RequestEngine):
+    """Requests grouped in arrival order (what has arrived when the engine is free, up to ``batch_size``, which a
+    subclass declares), each group run as one padded batch by ``padded_batch``: static-batch and its peer hf-batch."""
 
     def validate(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"static-batch.batch_size must be >= 1, got {self.batch_size}")
+            raise ValueError(f"{self.name}.batch_size must be >= 1, got {self.batch_size}")
 
-    def generate(self, model, new_cache, prompts, max_new_tokens, sampling, emit) -> list[list[int]]:
-        outputs: list[list[int]] = []
-        for start in range(0, len(prompts), self.batch_size):
-            group = prompts[start : start + self.batch_size]
-            outputs += run_padded_batch(model, new_cache, group, [max_new_tokens] * len(group), sampling,
-                                        lambda b, t, s=start: emit(s + b, t))
-        return outputs
+    def padded_batch(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new: list[int],
+                     sampling: Sampling, emit: Emit) -> list[list[int]]:
+        raise NotImplementedError
 
-    def serve(self, model, new_cache, requests: list[Request], sampling, emit, clock, cache=None):
-        outputs: list[list[int]] = [[] for _ in requests]
-        waiting = sorted(requests, key=lambda r: (r.arrival_s, r.index))
-        while waiting:
-            clock.wait_until(waiting[0].arrival_s)
-            group = arrived(waiting, clock)[: self.batch_size]
-            waiting = [r for r in waiting if r not in group]
-            tokens = run_padded_batch(model, new_cache, [list(r.prompt) for r in group],
-                                      [r.max_new_tokens for r in group], sampling,
-                                      lambda b, t, g=group: emit(g[b].index, t))
-            for r, out in zip(group, tokens):
-                outputs[r.index] = out
-        return outputs
+    def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list[Request], sampling: Sampling,
+              emit: Emit, clock: ServeClock, cache: CacheStrategy | None = None) -> Generation:
+        def run_batch(prompts: list[list[int]], max_new: list[int], emit_row: Emit) -> list[list[int]]:
+            return self.padded_batch(model, new_cache, prompts, max_new, sampling, emit_row)
+
+        return Generation(serve_in_groups(run_batch, requests, emit, clock, self.batch_size))
+
+
+@dataclass
+class StaticBatch(StaticBatcher):
+    name = "static-batch"
+    lossless = True
+    summary = "padded static batches in arrival order; each batch runs until its longest request finishes"
+    batch_size: int = field(default=8, metadata={
+        "help": "requests padded into one batch in arrival order; a batch runs until its longest finishes, >= 1"})
+
+    def padded_batch(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new: list[int],
+                     sampling: Sampling, emit: Emit) -> list[list[int]]:
+        return run_padded_batch(model, new_cache, prompts, max_new, sampling, emit)

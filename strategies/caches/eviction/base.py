@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -192,7 +192,8 @@ class EvictionCache(CacheStrategy):
 
     evicts_while_decoding: ClassVar[bool] = False
     accumulates: ClassVar[bool] = False  # score() must see every step, not only those that evict
-    budget: float = 0.5
+    budget: float = field(default=0.5, metadata={
+        "help": "entries kept per layer and KV head: a fraction (0, 1) of the prompt or a whole count of tokens >= 1"})
 
     def validate(self) -> None:
         if self.budget <= 0 or (self.budget >= 1 and self.budget != int(self.budget)):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,7 +16,7 @@ class H2O(EvictionCache):
     summary = "keep `budget` entries per head: most accumulated attention plus the `window` most recent"
     evicts_while_decoding = True
     accumulates = True
-    window: int = 16
+    window: int = field(default=16, metadata={"help": "most recent tokens never evicted, >= 0"})
 
     def validate(self) -> None:
         super().validate()

@@ -3,7 +3,7 @@ for which earlier entries to keep; the window itself is always kept (SnapKV, Li 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -14,8 +14,10 @@ from strategies.caches.eviction.base import EvictionCache, EvictionLayer
 class SnapKV(EvictionCache):
     name = "snapkv"
     summary = "evict at prefill by the attention of the last `window` prompt tokens; keep `budget` per head"
-    window: int = 32
-    kernel: int = 5  # pooling width: keeps the neighbours of a chosen token, as SnapKV does
+    window: int = field(
+        default=32, metadata={"help": "last prompt tokens whose attention votes which entries stay; always kept, >= 1"})
+    kernel: int = field(default=5, metadata={
+        "help": "width of the pooling that smooths the votes (keeps a chosen token's neighbours), odd >= 1"})
 
     def validate(self) -> None:
         super().validate()
