@@ -8,7 +8,7 @@ import torch
 import transformers
 from packaging.version import Version
 
-from bench.cell import probe_cache
+from bench.scenarios.prompts import probe_cache
 from strategies.caches.eviction import base as eviction
 from strategies.core.base import StrategyFailed
 from strategies.core.hf_compat import TESTED_TRANSFORMERS, cache_in, cache_kwarg, with_cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.cell import kv_bytes_closed_form, probe_cache
+from bench.scenarios.prompts import kv_bytes_closed_form, probe_cache
 from bench.workloads.catalog import get_workload
 from strategies.core.sampling import GREEDY
 from strategies.registry import compose
