@@ -70,6 +70,7 @@ BACKENDS = {2: "quanto", 4: "quanto", 8: "hqq"}
 @dataclass
 class HFQuantized(HFCachePeer):
     name = "hf-quantized"
+    lossless = False  # a quantized cache changes the logits: its tokens may diverge from naive's, as quant-int4's do
     summary = "peer: transformers QuantizedCache (quanto 2/4-bit, HQQ 8-bit; residual_length recent tokens exact)"
     cache_implementation = "quantized"
     nbits: int = field(
