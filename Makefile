@@ -15,7 +15,7 @@ STAMP := $(VENV)/.kvbench-installed
 export KVBENCH_CACHE ?= $(HOME)/.cache/kvbench
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup benchmark test lint clean regress baseline test-bench lock test-latest
+.PHONY: setup benchmark test lint clean regress baseline test-bench lock test-latest gpu-check
 
 # The CI regression suite and how it is judged: one place each, beside the baseline they produced.
 SUITE_ARGS = $(shell cat reports/baseline/suite.args)
@@ -79,6 +79,14 @@ baseline: setup
 test-bench: setup
 	$(BIN)/python -m pytest tests/benchmarks --benchmark-only --benchmark-autosave \
 		--benchmark-json=reports/microbench.json $(PYTEST_ARGS)
+
+# On a machine with an NVIDIA GPU: the CUDA tests and a short suite on the embedded model, written under
+# reports/gpu-check/ in about 5 minutes (tests/gpu_check.sh). Installs nothing, so it needs no network: the Python
+# of .venv (made by `make setup TORCH_INDEX=...`) if there is one, else python3, must hold a CUDA torch and the
+# project's packages; one line says what is missing, or that no CUDA device is visible (exit 1).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	@GPU_PYTHON=$(GPU_PYTHON) bash tests/gpu_check.sh
 
 lint: setup
 	$(BIN)/ruff check bench strategies tests

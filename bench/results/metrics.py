@@ -30,7 +30,7 @@ class Metric:
 # Columns that say what a cell *is* or how it ran, not what it measured.
 CONFIG = {"model", "workload", "strategy", "params", "lossless", "error", "repeats", "sampling", "seed", "dtype",
           "device", "threads", "torch_version", "transformers_version", "kvbench_version", "python_version", "cpu",
-          "cpu_capability", "git_rev", "request_rate", "nvml_error"}
+          "cpu_capability", "git_rev", "request_rate", "nvml_error", "energy_source", "energy_note"}
 # A cell measured under different settings than its baseline: its timings are not comparable.
 CELL_SETTINGS = ("sampling", "seed", "dtype", "device", "threads")
 
@@ -38,6 +38,9 @@ DECLARED = {m.name: m for m in (
     Metric("status", EXACT, None, ""),
     Metric("tokens_per_s", ABSOLUTE, UP, "tok/s"),
     Metric("load_s", ABSOLUTE, DOWN, "s"),
+    # device-wide counters (NVML, RAPL) around each timed repeat: noisy like wall time, judged like it
+    Metric("energy_j", ABSOLUTE, DOWN, "J"),
+    Metric("joules_per_token", ABSOLUTE, DOWN, "J/token"),
     Metric("cache_bytes", EXACT, DOWN, "B"),
     Metric("cache_bytes_peak", EXACT, DOWN, "B"),
     Metric("cache_bytes_per_token", EXACT, DOWN, "B/token"),

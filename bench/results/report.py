@@ -33,6 +33,15 @@ SERVING_TABLE = [
     ("greedy_agreement", "greedy agree", "{:.3f}"),
 ]
 
+# GPU memory and energy, shown where a run measured them (CUDA columns; NVML or RAPL energy counters).
+DEVICE_TABLE = [
+    ("strategy", "strategy", "{}"), ("params", "params", "{}"),
+    ("cuda_peak_allocated_mb", "CUDA peak alloc MiB", "{:.0f}"),
+    ("cuda_peak_reserved_mb", "CUDA peak reserved MiB", "{:.0f}"), ("nvml_used_mb", "NVML used MiB", "{:.0f}"),
+    ("energy_j", "energy J", "{:.3g}"), ("joules_per_token", "J/token", "{:.3g}"),
+    ("energy_source", "energy from", "{}"),
+]
+
 
 def fmt(value: Any, spec: str) -> str:
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
@@ -89,6 +98,16 @@ def figures_block(figures: list[tuple[str, str]]) -> list[str]:
     return out
 
 
+def device_block(group: list[dict[str, Any]]) -> list[str]:
+    """The GPU memory and energy table where any row has them; else why energy was not measured, once."""
+    if any(k in r for r in group for k in ("cuda_peak_allocated_mb", "energy_j")):
+        notes = sorted({r["energy_note"] for r in group if r.get("energy_note")})
+        return ["Device memory and energy (medians over repeats; " + ("; ".join(notes) or "no energy note") + "):",
+                "", markdown_table(group, DEVICE_TABLE), ""]
+    notes = sorted({r["energy_note"] for r in group if r.get("energy_source") == "none" and r.get("energy_note")})
+    return [f"Energy not measured: {'; '.join(notes)}.", ""] if notes else []
+
+
 def render(data: dict[str, Any], figures: list[tuple[str, str]] | None = None) -> str:
     rows, spread, envi = data["rows"], data.get("spread", {}), data.get("environment", {})
     out = ["# kvbench report", ""]
@@ -106,6 +125,7 @@ def render(data: dict[str, Any], figures: list[tuple[str, str]] | None = None) -
             out += [f"Serving ({r0.get('num_requests')} requests, rate {r0.get('request_rate')}/s, burstiness "
                     f"{r0.get('burstiness')}, SLO {r0.get('slo')}; latencies from each request's arrival):", "",
                     markdown_table(group, SERVING_TABLE), ""]
+        out += device_block(group)
         unstable = [f"{r['strategy']} {r['params']}".strip() for r in group
                     if spread.get(row_key(r), {}).get("tokens_per_s", {}).get("cv", 0) >= UNSTABLE_CV]
         if unstable:

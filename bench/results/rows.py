@@ -22,7 +22,8 @@ from bench.env import kvbench_version
 # The columns every row carries, in order (issue #3); strategies may add more (blocks_used, ...), appended after.
 COLUMNS = [
     "model", "workload", "strategy", "params", "lossless", "status", "error", "repeats", "tokens_per_s", "ttft_ms",
-    "tpot_ms", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms", "peak_rss_mb", "rss_over_model_mb", "cache_bytes",
+    "tpot_ms", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms", "energy_j", "joules_per_token", "energy_source",
+    "energy_note", "peak_rss_mb", "rss_over_model_mb", "cache_bytes",
     "cache_bytes_peak", "cache_bytes_per_token", "cache_bytes_theory", "compression_ratio", "speedup_vs_naive",
     "ppl", "ppl_delta_pct", "greedy_agreement", "first_divergence", "kl_vs_naive", "generated_tokens",
     "load_s", "sampling", "seed", "dtype", "device", "weights", "threads", "torch_version", "transformers_version",
@@ -34,7 +35,8 @@ NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 # Text columns: their values are never read back as floats, even a model or strategy literally named "nan".
 TEXT = {"model", "workload", "strategy", "params", "status", "error", "sampling", "dtype", "device", "weights",
         "decode_forward", "slo", "torch_version", "transformers_version", "kvbench_version", "python_version",
-        "python", "cpu", "cpu_capability", "gpu", "git_rev", "platform", "run_id", "command"}
+        "python", "cpu", "cpu_capability", "gpu", "git_rev", "platform", "run_id", "command", "energy_source",
+        "energy_note", "nvml_error"}
 TIMED = ["tokens_per_s", "ttft_ms", "tpot_ms", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms"]
 
 

@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedModel
 
 from bench.measure.cache_bytes import CacheWatch
+from bench.measure.energy import EnergyMeter, energy_columns
 from bench.measure.timing import RequestTiming, cuda_memory, spread, summarize_repeat, synchronize
 from bench.models import LoadedModel
 from bench.results.rows import TIMED
@@ -27,8 +28,10 @@ def clock(device: str) -> float:
 
 
 def timed_run(comp: Composition, model: PreTrainedModel, prompts: list[list[int]], max_new: int,
-              sampling: Sampling, device: str) -> tuple[Generation, dict[str, float], list[RequestTiming]]:
-    """One timed pass over all prompts. A request starts when the previous one's last token was emitted."""
+              sampling: Sampling, device: str, meter: EnergyMeter | None = None
+              ) -> tuple[Generation, dict[str, float], list[RequestTiming]]:
+    """One timed pass over all prompts. A request starts when the previous one's last token was emitted. With a
+    ``meter``, the figures add ``energy_j`` (joules of the pass) when its counter could be read."""
     stamps: dict[int, list[float]] = defaultdict(list)
 
     def emit(i: int, tokens) -> None:
@@ -36,13 +39,19 @@ def timed_run(comp: Composition, model: PreTrainedModel, prompts: list[list[int]
         stamps[i].extend([now] * len(tokens))
 
     start = clock(device)
+    if meter is not None:  # inside the synchronized clock reads, so the counter spans exactly the timed GPU work
+        meter.start()
     out = comp.decoder.generate(model, comp.cache_factory(model), prompts, max_new, sampling, emit)
     end = clock(device)
+    joules = meter.stop() if meter is not None else None
     timings, begin = [], start
     for i in range(len(prompts)):
         timings.append(RequestTiming(begin, tuple(stamps[i])))
         begin = stamps[i][-1] if stamps[i] else begin
-    return out, summarize_repeat(timings, end - start), timings
+    figures = summarize_repeat(timings, end - start)
+    if joules is not None:
+        figures["energy_j"] = joules
+    return out, figures, timings
 
 
 def kv_bytes_closed_form(config: Any, tokens: int, dtype: torch.dtype) -> int:
@@ -87,14 +96,19 @@ def run_prompts(cell: Any, comp: Composition, loaded: LoadedModel, workload: Any
     # warm-up, untimed
     comp.decoder.generate(model, comp.cache_factory(model), prompts[:1], max_new, sampling, lambda i, t: None)
     repeats, samples = [], {"ttft_ms": [], "itl_ms": []}
+    meter, tokens = EnergyMeter(cell.device), []
     for _ in range(cell.repeats):
-        out, figures, timings = timed_run(comp, model, prompts, max_new, sampling, cell.device)
+        out, figures, timings = timed_run(comp, model, prompts, max_new, sampling, cell.device, meter)
         repeats.append(figures)
+        tokens.append(sum(len(t.stamps) for t in timings))
         samples["ttft_ms"] += [1000 * t.ttft_s for t in timings]
         samples["itl_ms"] += [1000 * g for t in timings for g in t.gaps_s]
     check_served(out, dict.fromkeys(range(len(prompts)), max_new))
     spreads = {k: spread([r[k] for r in repeats]) for k in TIMED}
     row = {k: s["median"] for k, s in spreads.items()}
+    energy, per_repeat = energy_columns(meter, [r.get("energy_j") for r in repeats], tokens)
+    row.update(energy)
+    spreads.update({k: spread(v) for k, v in per_repeat.items()})
     row["generated_tokens"] = sum(map(len, out.tokens))
     row.update(out.stats)  # of the last timed repeat
     row.update(cuda_memory(cell.device))

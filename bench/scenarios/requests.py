@@ -19,6 +19,7 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from bench.measure.cache_bytes import CacheWatch
+from bench.measure.energy import EnergyMeter, energy_columns
 from bench.measure.timing import RequestTiming, cuda_memory, defined, percentile, spread, synchronize
 from bench.models import LoadedModel
 from bench.results.rows import TIMED
@@ -109,10 +110,14 @@ class RunClock:
 
 
 def timed_serve(comp: Composition, model: PreTrainedModel, requests: list[Request], sampling: Sampling,
-                device: str) -> tuple[Generation, list[ServedRequest], float]:
-    """One timed run over all requests: (what the decoder returned, ServedRequest per request, duration)."""
+                device: str, meter: EnergyMeter | None = None
+                ) -> tuple[Generation, list[ServedRequest], float, float | None]:
+    """One timed run over all requests: (what the decoder returned, ServedRequest per request, duration, joules
+    of the run: None without a ``meter`` or when its counter could not be read)."""
     stamps: dict[int, list[float]] = defaultdict(list)
     clock = RunClock(device)
+    if meter is not None:  # inside the synchronized clock reads, so the counter spans exactly the timed GPU work
+        meter.start()
 
     def emit(i: int, tokens) -> None:
         now = clock.now()
@@ -120,8 +125,9 @@ def timed_serve(comp: Composition, model: PreTrainedModel, requests: list[Reques
 
     out = comp.decoder.serve(model, comp.cache_factory(model), requests, sampling, emit, clock, cache=comp.cache)
     duration = clock.now()
+    joules = meter.stop() if meter is not None else None
     served = [ServedRequest(r.arrival_s, tuple(stamps[r.index]), len(r.prompt)) for r in requests]
-    return out, served, duration
+    return out, served, duration, joules
 
 
 def probe_serving_cache(comp: Composition, model: PreTrainedModel, requests: list[Request],
@@ -161,14 +167,20 @@ def run_serving(cell: Any, comp: Composition, loaded: LoadedModel, workload: Any
     slo = Slo.parse(cell.slo)
     figures = probe_serving_cache(comp, model, requests, sampling)
     runs, samples = [], {"ttft_ms": [], "itl_ms": []}
+    meter, joules, tokens = EnergyMeter(cell.device), [], []
     for _ in range(cell.repeats):
-        out, served, duration = timed_serve(comp, model, requests, sampling, cell.device)
+        out, served, duration, used = timed_serve(comp, model, requests, sampling, cell.device, meter)
         runs.append(serving_metrics(served, duration, slo))
+        joules.append(used)
+        tokens.append(sum(len(r.stamps) for r in served))
         samples["ttft_ms"] += [1000 * r.ttft_s for r in served if r.stamps]
         samples["itl_ms"] += [1000 * g for r in served for g in r.gaps_s]
     check_served(out, {r.index: r.max_new_tokens for r in requests})
     spreads = {k: spread([r[k] for r in runs]) for k in TIMED}
     row = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    energy, per_repeat = energy_columns(meter, joules, tokens)
+    row.update(energy)
+    spreads.update({k: spread(v) for k, v in per_repeat.items()})
     row.update(figures)
     row.update({"num_requests": len(requests), "request_rate": cell.request_rate, "burstiness": cell.burstiness,
                 "slo": str(slo), "prompt_tokens": sum(len(r.prompt) for r in requests),
