@@ -14,9 +14,10 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.cell import Cell
+if TYPE_CHECKING:  # the cell's own process imports torch; the parent (or a Ray worker) need not
+    from bench.cell import Cell
 
 PR_SET_PDEATHSIG = 1
 

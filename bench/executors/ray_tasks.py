@@ -19,10 +19,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.cell import Cell
-from bench.executors.local import run_in_process
+if TYPE_CHECKING:  # a Ray worker imports this module before its first task: keep it free of torch
+    from bench.cell import Cell
 
 INSTALL = "pip install -e '.[ray]'"
 
@@ -40,6 +40,9 @@ def _run_cell_task(cell_fields: dict[str, Any], timeout_s: float | None, referen
     """What a Ray worker runs: place the reference file, run the cell in its own process, return the record (and,
     for a reference cell, the reference file it wrote)."""
     started = time.time()
+    from bench.cell import Cell  # torch and transformers: imported once per worker, after the clock started
+    from bench.executors.local import run_in_process
+
     cell = Cell(**cell_fields)
     path = cell.reference_path()
     if reference is not None and not cell.is_reference:
