@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli import main
 from bench.results.rows import COLUMNS
 
 KVBENCH = [sys.executable, "-m", "bench.cli"]
@@ -76,11 +77,20 @@ def test_report_rerenders_and_rebuilds_a_half_written_results_json(smoke_run, tm
     (["--out", "/proc/kvbench-cannot-write"], "cannot write to output directory"),
     (["--sampling", "temp=1"], "unknown sampling option 'temp'; allowed: temperature"),
 ])
-def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
-    done = kvbench("run", "--workload", "smoke", "--out", str(tmp_path / "x"), *args)
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path, capsys):
+    # In-process (each subprocess pays ~8 s of imports); the real entry point is checked once below.
+    code = main(["run", "--workload", "smoke", "--out", str(tmp_path / "x"), *args])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("kvbench: error: ") and message in lines[0], err
+
+
+def test_the_real_entry_point_exits_2_with_one_line(tmp_path):
+    done = kvbench("run", "--workload", "smoke", "--out", str(tmp_path / "x"), "--strategies", "nope")
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kvbench: error: ") and message in lines[0], done.stderr
+    assert len(lines) == 1 and lines[0].startswith("kvbench: error: ")
+    assert "unknown strategy 'nope'; allowed: naive, full" in lines[0]
 
 
 def test_context_error_names_the_limit(tmp_path):

@@ -31,7 +31,7 @@ def local_ray():
     ray.shutdown()
 
 
-def cells(out, strategies=("full", "quant-int8", "speculative")) -> list[Cell]:
+def cells(out, strategies=("full", "quant-int8")) -> list[Cell]:
     params = {"speculative": {"speculative": {"draft": "layers:1", "k": 2}}}
     grid = [Cell("random:tiny-llama", "smoke", s, params.get(s, {}), repeats=1, threads=1, out_dir=str(out))
             for s in strategies]
@@ -94,3 +94,10 @@ def test_an_unknown_executor_or_a_missing_ray_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     assert main(["run", "--model", "random:tiny-llama", "--workload", "smoke", "--executor", "ray"]) == 2
     assert "needs Ray, an optional dependency: pip install -e '.[ray]'" in capsys.readouterr().err
+
+
+def test_a_cell_past_its_timeout_on_ray_is_a_failed_row(tmp_path, local_ray):
+    grid = [Cell("random:tiny-llama", "smoke", "full", {}, repeats=1, threads=1, out_dir=str(tmp_path))]
+    rows = run_grid(grid, tmp_path, {}, timeout_s=0.5, executor=make_executor("ray"))
+    assert [r["status"] for r in rows] == ["failed"]
+    assert rows[0]["error"].startswith("timed out after 0.5 s (--cell-timeout)") and rows[0]["executor"] == "ray"
