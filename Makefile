@@ -15,7 +15,7 @@ STAMP := $(VENV)/.kvbench-installed
 export KVBENCH_CACHE ?= $(HOME)/.cache/kvbench
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup benchmark test lint clean regress baseline test-bench lock test-latest gpu-check
+.PHONY: setup benchmark test lint clean regress baseline test-bench test-long lock test-latest gpu-check
 
 # The CI regression suite and how it is judged: one place each, beside the baseline they produced.
 SUITE_ARGS = $(shell cat reports/baseline/suite.args)
@@ -60,6 +60,10 @@ benchmark: setup
 test: setup
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 	$(MAKE) regress
+
+# The tests too long for CI (soak runs, third-party engines): they skip with the reason when an extra is missing.
+test-long: setup
+	$(BIN)/python -m pytest tests -m long $(PYTEST_ARGS)
 
 # Run the suite (a failed cell still reaches compare, which exits 3 for it) and compare it with reports/baseline.
 regress: setup
