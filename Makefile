@@ -56,9 +56,12 @@ test-latest:
 benchmark: setup
 	$(BIN)/kvbench run $(ARGS)
 
+# Test files run on TEST_WORKERS processes (pytest-xdist; a file stays on one worker, so its module fixtures load
+# once): most of a test's time is imports and spawned cells, which one core each can overlap. 1 turns it off.
+TEST_WORKERS ?= 2
 # pytest skips tests/benchmarks (norecursedirs); then the regression suite is run and judged against the baseline.
 test: setup
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) regress
 
 # The tests too long for CI (soak runs, third-party engines): they skip with the reason when an extra is missing.

@@ -23,6 +23,7 @@ NOT_IMPORTED = {
     "gguf": "transformers reads the embedded GGUF model through it",
     "accelerate": "transformers' meta-device loading",
     "pytest-benchmark": "a pytest plugin (the `benchmark` fixture)",
+    "pytest-xdist": "a pytest plugin (make test's -n workers)",
     "ruff": "a linter (make lint)",
     "uv": "writes the lock (make lock)",
     "optimum-quanto": "transformers' QuantizedCache backend (hf-quantized)",
