@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from strategies.kernels.packed_linear import pack_linear_weights
+from strategies.kernels.weight_layout import prepare_weights
 from strategies.kernels.weight_quant import (
     Int4WeightLinear,
     Int8WeightLinear,
@@ -91,3 +92,21 @@ def test_real_model_int8_keeps_most_greedy_tokens(smol):
         ref = smol.model.generate(ids, max_new_tokens=8, do_sample=False)
         got = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert (ref == got).float().mean() >= 0.75
+
+
+def test_auto_layout_measures_both_and_records_the_choice(tiny):
+    model = copy.deepcopy(tiny.model)
+    fields = prepare_weights(model, "auto", "none", peer=False)
+    assert fields["weights_probe_stock_ms"] > 0 and fields["weights_probe_packed_ms"] > 0
+    faster = "packed" if fields["weights_probe_packed_ms"] < fields["weights_probe_stock_ms"] else "stock"
+    assert fields["weights"] == faster
+    assert fields["weight_bytes"] == decode_weight_bytes(tiny.model)  # packing moves bytes, adds none
+
+
+def test_peers_keep_stock_layout_but_take_the_quantization(tiny):
+    model = copy.deepcopy(tiny.model)
+    fields = prepare_weights(model, "packed", "int8", peer=True)
+    assert fields["weights"] == "stock" and fields["weight_quant"] == "int8"
+    assert any(isinstance(m, Int8WeightLinear) for m in model.modules())
+    with pytest.raises(ValueError, match="unknown weights layout 'fast'; allowed: auto, packed, stock"):
+        prepare_weights(model, "fast", "none", peer=False)
