@@ -15,6 +15,7 @@ alone.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -26,7 +27,18 @@ BATCH_HINT = 128  # oneDNN picks a blocked layout for this M; measured as good f
 def can_pack(model: PreTrainedModel) -> bool:
     return (model.device.type == "cpu" and model.dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and _onednn_takes(model.dtype))
+
+
+@functools.cache
+def _onednn_takes(dtype: torch.dtype) -> bool:
+    """oneDNN's bf16 linear needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; an AVX2-only CPU (AMD EPYC here) refuses
+    the reorder with a RuntimeError, so such models stay stock instead of failing the cell."""
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=dtype), BATCH_HINT)
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(nn.Module):
