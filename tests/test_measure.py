@@ -65,3 +65,26 @@ def test_perplexity_and_kl():
     other = torch.log(torch.tensor([[1 / 3] * 3, [1 / 3] * 3]))
     expected = sum(p * math.log(p * 3) for p in (0.5, 0.25, 0.25)) + sum(p * math.log(p * 3) for p in (0.1, 0.8, 0.1))
     assert mean_kl(logprobs, other) == pytest.approx(expected / 2)
+
+
+def test_batched_prompts_start_together_and_sequential_ones_one_after_another():
+    """A batching decoder interleaves its prompts' tokens: each request started with the pass (TTFT >= 0), not
+    when the previous request finished (which gave negative TTFTs to continuous on prompt workloads)."""
+    from types import SimpleNamespace
+
+    from bench.scenarios.prompts import timed_run
+
+    def decoder(interleave: bool):
+        def generate(model, cache, prompts, max_new, sampling, emit):
+            order = [(i, t) for t in range(max_new) for i in range(len(prompts))] if interleave else \
+                [(i, t) for i in range(len(prompts)) for t in range(max_new)]
+            for i, _ in order:
+                emit(i, [7])
+            return SimpleNamespace(tokens=[[7] * max_new for _ in prompts], stats={})
+        return SimpleNamespace(decoder=SimpleNamespace(generate=generate), cache_factory=lambda model: None)
+
+    for interleave in (True, False):
+        _, figures, timings = timed_run(decoder(interleave), None, [[1], [2], [3]], 4, None, "cpu")
+        assert all(t.ttft_s >= 0 for t in timings)
+        starts = {t.start for t in timings}
+        assert (len(starts) == 1) == interleave

@@ -30,7 +30,8 @@ def clock(device: str) -> float:
 def timed_run(comp: Composition, model: PreTrainedModel, prompts: list[list[int]], max_new: int,
               sampling: Sampling, device: str, meter: EnergyMeter | None = None
               ) -> tuple[Generation, dict[str, float], list[RequestTiming]]:
-    """One timed pass over all prompts. A request starts when the previous one's last token was emitted. With a
+    """One timed pass over all prompts (a request starts when the previous one's last token was emitted, or at once
+    when the decoder interleaves them). With a
     ``meter``, the figures add ``energy_j`` (joules of the pass) when its counter could be read."""
     stamps: dict[int, list[float]] = defaultdict(list)
 
@@ -45,8 +46,11 @@ def timed_run(comp: Composition, model: PreTrainedModel, prompts: list[list[int]
     end = clock(device)
     joules = meter.stop() if meter is not None else None
     timings, begin = [], start
+    # A decoder that serves the prompts one after another starts each when the previous one's last token is out;
+    # one that batches them (continuous, static batching) interleaves their tokens: then all started at ``start``.
+    interleaved = any(stamps[i] and stamps[i - 1] and stamps[i][0] < stamps[i - 1][-1] for i in range(1, len(prompts)))
     for i in range(len(prompts)):
-        timings.append(RequestTiming(begin, tuple(stamps[i])))
+        timings.append(RequestTiming(start if interleaved else begin, tuple(stamps[i])))
         begin = stamps[i][-1] if stamps[i] else begin
     figures = summarize_repeat(timings, end - start)
     if joules is not None:
