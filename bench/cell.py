@@ -13,7 +13,21 @@ import torch
 import transformers
 
 from bench import env
-from bench.measure.quality import agreement, mean_kl, perplexity
+from bench.key import SETTINGS, cell_key
+from bench.measure.quality import (
+    KL_POSITIONS,
+    agreement,
+    eos_ids,
+    mean_kl,
+    output_lengths,
+    perplexity,
+    ppl_delta_ci,
+    ppl_delta_pct,
+    quality_window,
+    target_logprobs,
+    tokens_before_eos,
+)
+from bench.measure.retrieval import compare_with_reference, retrieval_columns, score_cases
 from bench.measure.timing import (
     peak_rss_mb,
     reset_cuda_peaks,
@@ -24,7 +38,7 @@ from bench.scenarios.requests import run_serving
 from bench.workloads.catalog import get_workload
 from strategies.core.base import Unsupported
 from strategies.core.sampling import Sampling
-from strategies.kernels.packed_linear import pack_linear_weights
+from strategies.kernels.weight_layout import prepare_weights
 from strategies.registry import Composition, compose, params_label
 
 REFERENCE = "naive"
@@ -59,18 +73,32 @@ class Cell:
     slo: str = ""
     num_requests: int = 0  # request workloads: serve only the first N requests (0: all)
     weights: str = "packed"  # packed: our strategies run oneDNN-packed fp32 linears (peers never); stock: as loaded
+    max_concurrency: int = 0  # request workloads: at most N requests in flight (0: no limit)
+    weight_quant: str = "none"  # weight-only int8/int4 linears (strategies/kernels/weight_quant.py)
+    target: str = ""  # openai:URL: a running server is measured instead of a strategy (bench/scenarios/endpoint.py)
+    target_model: str = ""
 
     @property
     def key(self) -> str:
-        return "|".join((self.model, self.workload, self.strategy, params_label(self.params)))
+        """Every setting that changes what is measured (bench/key.py): resume and compare never mix cells."""
+        return cell_key(self.model, self.workload, self.strategy, params_label(self.params),
+                        {k: getattr(self, k) for k in SETTINGS})
+
+    @property
+    def reference_group(self) -> tuple:
+        """Cells whose quality columns compare with the same reference tokens (and whose speedup shares a naive)."""
+        return (self.model, self.workload, self.dtype, self.weights, self.sampling, self.seed, self.device)
 
     @property
     def is_reference(self) -> bool:
-        return self.strategy == reference_for(self.workload)
+        """The in-process, full-precision reference (naive, or sequential on request workloads)."""
+        return self.strategy == reference_for(self.workload) and self.weight_quant == "none" and not self.target
 
     def reference_path(self) -> Path:
         safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{self.model}__{self.workload}")
-        return Path(self.out_dir) / ".reference" / f"{safe}__{self.dtype}__{self.sampling or 'greedy'}.pt"
+        settings = f"{self.dtype}__{self.weights}__{self.seed}__{self.device}__{self.sampling or 'greedy'}"
+        safe_settings = "".join(c if c.isalnum() or c in "-._" else "_" for c in settings)
+        return Path(self.out_dir) / ".reference" / f"{safe}__{safe_settings}.pt"
 
     def base_row(self) -> dict[str, Any]:
         return {"model": self.model, "workload": self.workload, "strategy": self.strategy,
@@ -84,6 +112,29 @@ class Cell:
                 "git_rev": env.git_rev()}
 
 
+def run_target_cell(cell: Cell, row: dict[str, Any]) -> dict[str, Any]:
+    """A running server measured by replaying the workload's requests over HTTP (no model loaded here); greedy
+    agreement against the local reference's tokens when that cell ran first."""
+    from bench.models import load_tokenizer, resolve
+    from bench.scenarios.endpoint import run_target
+
+    sampling = Sampling.parse(cell.sampling)
+    ref_path = cell.reference_path()
+    reference = torch.load(ref_path)["tokens"] if ref_path.exists() else None
+    row.update(lossless=True, weights="", target=cell.target, target_model=cell.target_model)
+    try:
+        figures = run_target(cell.target, cell.target_model or None, get_workload(cell.workload),
+                             load_tokenizer(resolve(cell.model)), cell.request_rate, cell.burstiness,
+                             cell.max_concurrency or None, cell.slo, cell.num_requests, cell.seed,
+                             reference_tokens=reference, sampling=None if sampling.is_greedy else sampling)
+    except ValueError as e:
+        raise Unsupported(str(e)) from None
+    row.update(figures)
+    row["status"], row["error"] = "ok", ""
+    row["peak_rss_mb"] = peak_rss_mb()
+    return {"row": row, "spread": {}, "samples": {}}
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Measure one cell; returns {'row': ..., 'spread': ..., 'samples': ...}. Raises on failure."""
     transformers.utils.logging.disable_progress_bar()
@@ -91,8 +142,11 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         torch.set_num_threads(cell.threads)
     torch.manual_seed(cell.seed)
     row = cell.base_row()
+    if cell.target:
+        return run_target_cell(cell, row)
     comp = compose(cell.strategy, cell.params)
-    row["lossless"] = comp.lossless
+    # quantized weights change the model: its tokens are measured against the full-precision reference, not required
+    row["lossless"] = comp.lossless and cell.weight_quant == "none"
     workload = get_workload(cell.workload)
     sampling = Sampling.parse(cell.sampling)
     if cell.seed and not sampling.is_greedy:
@@ -103,8 +157,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     row["load_s"] = time.perf_counter() - t0
     model = loaded.model
     rss_after_load = peak_rss_mb()
-    if cell.weights == "packed" and not comp.decoder.peer and pack_linear_weights(model):
-        row["weights"] = "packed"
+    row.update(prepare_weights(model, cell.weights, cell.weight_quant, comp.decoder.peer))
     if comp.cache is not None and (reason := comp.cache.supports(model)):
         raise Unsupported(f"{comp.cache.name} does not support {cell.model}: {reason}")
     # Drafts are built here, after packing (a bf16 draft packs like its target) and before any warm-up.
@@ -126,10 +179,13 @@ def finish_row(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any
     row["peak_rss_mb"] = peak_rss_mb()
     row["rss_over_model_mb"] = row["peak_rss_mb"] - rss_after_load
     row["status"], row["error"] = "ok", ""
-    if comp.lossless and sampling.is_greedy and row.get("greedy_agreement", 1.0) < 1.0:
+    if row["lossless"] and sampling.is_greedy and row.get("greedy_agreement", 1.0) < 1.0:
         row["status"] = "failed"
         row["error"] = (f"lossless strategy diverged from {reference_for(cell.workload)}'s greedy tokens at position "
                         f"{row['first_divergence']}")
+    elif row["lossless"] and row.get("retrieval_mismatch"):
+        row["status"] = "failed"
+        row["error"] = f"lossless strategy differs from the reference: {row['retrieval_mismatch']}"
     samples["itl_ms"] = samples["itl_ms"][:2000]  # enough for distribution plots, bounded file size
     return {"row": row, "spread": spreads, "samples": samples}
 
@@ -137,29 +193,51 @@ def finish_row(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any
 def quality(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, tokens: list[list[int]],
             with_ppl: bool = True) -> dict[str, Any]:
     """Agreement with the reference's greedy tokens (naive's; sequential's on request workloads), perplexity
-    through this strategy's cache path, KL vs the reference."""
-    model = loaded.model
-    out: dict[str, Any] = {}
+    through this strategy's cache path with a paired bootstrap interval of its delta, KL vs the reference,
+    output lengths before EOS, and on retrieval workloads the retrieval scores (bench/measure/retrieval.py)."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    eos = eos_ids(model, tokenizer)
+    out: dict[str, Any] = output_lengths(tokens, eos)
     saved: dict[str, Any] = {"tokens": tokens}  # without quality scoring, the reference holds tokens only
     if with_ppl:
-        context, continuation = workload.quality_text(loaded.tokenizer)
+        context, continuation = quality_window(workload, tokenizer)
         logprobs = comp.decoder.score(model, comp.cache_factory(model), context, continuation).float().cpu()
         out["ppl"] = perplexity(logprobs, continuation)
-        saved.update(logprobs=logprobs, ppl=out["ppl"])
+        targets = target_logprobs(logprobs, continuation)
+        out["ppl_tokens"] = len(continuation)
+        # full distributions for KL only over the first positions: a 1k window of them would be ~200 MB
+        saved.update(logprobs=logprobs[:KL_POSITIONS], targets=targets, ppl=out["ppl"])
+        if getattr(workload, "is_retrieval_workload", False):
+            saved["retrieval"] = score_cases(workload.cases(tokenizer), tokens, tokenizer, lambda prompt, answer: (
+                comp.decoder.score(model, comp.cache_factory(model), prompt, answer)))
+            out.update(retrieval_columns(saved["retrieval"]))
     path = cell.reference_path()
     if cell.is_reference:
         save_reference(path, saved)
-        exact = {"ppl_delta_pct": 0.0, "kl_vs_naive": 0.0} if with_ppl else {}
-        return {**out, **exact, "greedy_agreement": 1.0, "first_divergence": -1}
+        exact = {"ppl_delta_pct": 0.0, "kl_vs_naive": 0.0, "ppl_delta_ci_low": 0.0, "ppl_delta_ci_high": 0.0,
+                 "ppl_delta_significant": False} if with_ppl else {}
+        return {**out, **exact, "greedy_agreement": 1.0, "first_divergence": -1, "output_length_ratio": 1.0}
     if not path.exists():
         return out
     ref = torch.load(path)
     frac, out["first_divergence"] = agreement(ref["tokens"], tokens[: len(ref["tokens"])])
     if not math.isnan(frac):
         out["greedy_agreement"] = frac
-    if with_ppl and "logprobs" in ref:
+    if ref_lengths := sum(tokens_before_eos(ref["tokens"], eos)):  # compression is known to lengthen outputs
+        out["output_length_ratio"] = sum(tokens_before_eos(tokens[: len(ref["tokens"])], eos)) / ref_lengths
+    if with_ppl and "targets" in ref and len(ref["targets"]) == len(targets):
+        out["ppl_delta_pct"] = ppl_delta_pct(ref["targets"], targets)
+        low, high = ppl_delta_ci(ref["targets"], targets)
+        out.update(ppl_delta_ci_low=low, ppl_delta_ci_high=high, ppl_delta_significant=not low <= 0.0 <= high)
+        n = min(len(ref["logprobs"]), len(logprobs))
+        out["kl_vs_naive"] = max(0.0, mean_kl(ref["logprobs"][:n], logprobs[:n]))
+    elif with_ppl and "ppl" in ref and "targets" not in ref:  # an older reference (resumed run)
         out["ppl_delta_pct"] = 100 * (out["ppl"] - ref["ppl"]) / ref["ppl"]
-        out["kl_vs_naive"] = max(0.0, mean_kl(ref["logprobs"], logprobs))
+    if comp.lossless and cell.weight_quant == "none" and "retrieval" in ref and "retrieval" in saved:
+        # log-probs of two exact paths differ by float rounding only: ~1e-5 nats in fp32, more in half precision
+        atol = 1e-3 if cell.dtype == "float32" else 0.1
+        if why := compare_with_reference(saved["retrieval"], ref["retrieval"], atol):
+            out["retrieval_mismatch"] = why
     return out
 
 

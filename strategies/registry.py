@@ -27,7 +27,10 @@ from strategies.caches.quantized import QuantInt4, QuantInt8, QuantMixed
 from strategies.caches.static import Static
 from strategies.caches.window import Sinks, SlidingWindow
 from strategies.core.base import CacheStrategy, DecodingStrategy, NewCache, Strategy
+from strategies.decoding.eagle import Eagle
 from strategies.decoding.lookahead import Lookahead
+from strategies.decoding.medusa import Medusa
+from strategies.decoding.mtp import MTP
 from strategies.decoding.prompt_lookup import PromptLookup
 from strategies.decoding.speculative import Speculative
 from strategies.decoding.step import StepDecoding
@@ -36,6 +39,7 @@ from strategies.peers.hf_batch import HFBatch
 from strategies.peers.hf_continuous import HFContinuous
 from strategies.peers.hf_generate import HFGenerate
 from strategies.peers.hf_own_caches import HFQuantized, HFStatic
+from strategies.peers.llamacpp import LlamaCpp
 from strategies.scheduling.continuous import ContinuousBatching
 from strategies.scheduling.sequential import Sequential
 from strategies.scheduling.static_batch import StaticBatch
@@ -62,8 +66,12 @@ REGISTRY: dict[str, type[Strategy]] = {
     "speculative": Speculative,
     "prompt-lookup": PromptLookup,
     "lookahead": Lookahead,
+    "medusa": Medusa,
+    "eagle": Eagle,
+    "mtp": MTP,
     "hf-assisted": HFAssisted,
     "hf-prompt-lookup": HFPromptLookup,
+    "llamacpp": LlamaCpp,
     "sequential": Sequential,
     "static-batch": StaticBatch,
     "continuous": ContinuousBatching,

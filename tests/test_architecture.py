@@ -22,18 +22,23 @@ LAYERS: list[tuple[str, ...]] = [
     ("strategies.kernels",),  # tensor kernels: K/V quantization, packed linears, the lean decode forward
     ("strategies.core",),  # the two interfaces, the forward helpers, sampling, requests
     ("strategies.caches",),  # cache strategies, eviction included, and the block pool
+    ("strategies.training",),  # trained speculation heads: modules, self-distillation data, AdamW, on-disk store
     ("strategies.decoding",),  # decoders: step, speculation and its drafts
     ("strategies.scheduling",),  # schedulers serving many requests
     ("strategies.peers",),  # transformers' own paths, run as peer rows
     ("strategies.registry",),  # names -> classes, compositions, --param parsing
-    ("bench.env", "bench.models"),  # the machine and library versions; model loading
+    ("bench.env", "bench.models", "bench.key"),  # the machine and library versions; model loading; cell keys
     ("bench.results",),  # row columns and files, the report, compare, history
     ("bench.workloads", "bench.measure"),  # what a cell runs; timing and quality arithmetic
     ("bench.scenarios",),  # serving a request workload
+    ("bench.serving",),  # `kvbench serve`: the OpenAI-compatible app over the engine, its thread, cache, metrics
     ("bench.cell",),  # one cell, in its own process
     ("bench.executors",),  # where cells run: spawned processes here, or Ray tasks
     ("bench.runner",),  # the grid of cells
+    ("bench.config", "bench.grid"),  # a run's settings from TOML and flags; validated into the cell grid
+    ("bench.commands",),  # one module per subcommand
     ("bench.cli",),  # the command line
+    ("bench.api",),  # the Python API, importable as `kvbench`
 ]
 
 

@@ -36,6 +36,22 @@ def llama():
     return load_model("random:tiny-llama").model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def trained_heads(llama, tmp_path_factory):
+    """The heads medusa, eagle and mtp load, for the tiny model (untrained: the contract does not depend on their
+    quality), in a cache of this module's own."""
+    from strategies.training import store
+    from strategies.training.heads import KINDS, build_heads
+
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("heads")
+        mp.setattr(store, "cache_root", lambda: root)
+        for kind in KINDS:
+            heads = build_heads(kind, llama.config.hidden_size, 4, torch.arange(llama.config.vocab_size))
+            store.save(heads, {}, store.heads_path(llama, kind, 4, store.DEFAULT_STEPS))
+        yield
+
+
 @pytest.fixture(scope="module")
 def naive_tokens(llama):
     comp = compose("naive", {})

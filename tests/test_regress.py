@@ -81,7 +81,7 @@ def test_a_a_same_code_twice_passes_with_ci_options(baseline, tmp_path):
     done = kvbench("compare", str(baseline), str(again), *CI_COMPARE, "--ratio-tol", "0.8",
                    "--markdown", str(tmp_path / "c.md"))
     assert done.returncode == 0, done.stdout[-3000:]
-    full = verdicts(tmp_path / "c.md", "random:tiny-llama|smoke|full|")
+    full = verdicts(tmp_path / "c.md", "random:tiny-llama|smoke|full||threads=1")
     for name in ("status", "cache_bytes", "cache_bytes_peak", "greedy_agreement", "generated_tokens", "ppl"):
         assert full[name] == "same", (name, full)
     assert "Same environment" in (tmp_path / "c.md").read_text()
@@ -124,11 +124,11 @@ def test_planted_sleep_and_bigger_cache_are_caught(baseline, plant_dir, tmp_path
     assert rows["full"]["cache_bytes"] > base["full"]["cache_bytes"]  # the plant took effect in the cell process
     done = kvbench("compare", str(baseline), str(planted), *CI_COMPARE, "--markdown", str(tmp_path / "c.md"))
     assert done.returncode == 1, done.stdout[-3000:]
-    full = verdicts(tmp_path / "c.md", "random:tiny-llama|smoke|full|")
+    full = verdicts(tmp_path / "c.md", "random:tiny-llama|smoke|full||threads=1")
     assert full["cache_bytes"] == full["cache_bytes_peak"] == "changed", full
     assert full["speedup_vs_naive"].startswith("regression"), full
     assert full["status"] == full["greedy_agreement"] == full["generated_tokens"] == "same", full  # same tokens
     # timings alone never gate; and 3 + 3 repeats cannot reach p < 0.002: insufficient data
     assert full["tokens_per_s"].startswith("insufficient data"), full
-    naive = verdicts(tmp_path / "c.md", "random:tiny-llama|smoke|naive|")
+    naive = verdicts(tmp_path / "c.md", "random:tiny-llama|smoke|naive||threads=1")
     assert naive["cache_bytes"] == naive["speedup_vs_naive"] == "same", naive

@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.results.history import COLUMNS, append_history, read_history
 from bench.results.plots import _frontier
 from bench.results.report import write_report
+from bench.results.rows import row_key
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"cpu": "AMD EPYC", "cores": 2, "gpu": "none", "python": "3.11", "torch_version": "2.13.0+cpu",
@@ -27,8 +28,7 @@ def row(workload: str, strategy: str, tps: float, held: int | None, tokens: int,
 
 
 def write(run: Path, rows: list[dict]) -> Path:
-    samples = {f"m|{r['workload']}|{r['strategy']}|": {"ttft_ms": [10.0, 12.0, 11.0], "itl_ms": [5.0, 6.0, 5.5]}
-               for r in rows}
+    samples = {row_key(r): {"ttft_ms": [10.0, 12.0, 11.0], "itl_ms": [5.0, 6.0, 5.5]} for r in rows}
     run.mkdir(parents=True, exist_ok=True)
     (run / "results.json").write_text(json.dumps({"environment": ENV, "meta": {}, "rows": rows, "spread": {},
                                                   "samples": samples}))

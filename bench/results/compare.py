@@ -14,9 +14,9 @@ from typing import Any
 
 from scipy.stats import mannwhitneyu
 
+from bench.key import SERVING, SETTINGS, canonical, cell_key, settings_of
 from bench.results.metrics import (
     ABSOLUTE,
-    CELL_SETTINGS,
     CONFIG,
     EXACT,
     INFO,
@@ -188,12 +188,40 @@ def environment_diff(benv: dict, cenv: dict) -> tuple[dict[str, tuple[Any, Any]]
     return diff, unknown
 
 
+def pair_older_rows(brows: dict[str, dict], crows: dict[str, dict]) -> dict[str, dict]:
+    """A baseline row written before rows carried their key records the threads torch used, not the ones asked for,
+    so its key leaves threads out (bench/key.py): it pairs with the one current cell equal to it but for threads
+    (the regression baseline ran --threads 1; the settings note still shows a difference in what ran)."""
+    out = {}
+    unmatched = {}
+    for key in crows:
+        if key not in brows:
+            unmatched.setdefault(drop_setting(key, "threads"), []).append(key)
+    for key, row in brows.items():
+        match = unmatched.get(key, []) if key not in crows and not row.get("cell_key") else []
+        out[match[0] if len(match) == 1 else key] = row
+    return out
+
+
+def drop_setting(key: str, name: str) -> str:
+    return "|".join(p for i, p in enumerate(key.split("|")) if i < 4 or not p.startswith(name + "="))
+
+
+def reference_key(row: dict[str, Any]) -> str:
+    """The key of the naive row whose tokens/s this row's speedup divides by: same model, workload and settings."""
+    settings = {k: v for k, v in settings_of(row).items() if k not in SERVING}
+    return cell_key(str(row.get("model", "")), str(row.get("workload", "")), "naive", "", settings)
+
+
 def compare_cell(key: str, brow: dict, crow: dict, spreads: tuple[dict, dict, dict, dict],
                  env_diff: dict[str, tuple[Any, Any]], opt: Options) -> CellResult:
     """``spreads``: this cell's baseline and current spread, then its naive reference's (for speedup ranges)."""
     bspread, cspread, bref, cref = spreads
     cell = CellResult(key, "both")
-    settings = [f"{k} {brow.get(k)}→{crow.get(k)}" for k in CELL_SETTINGS if str(brow.get(k)) != str(crow.get(k))]
+    # The cell key's settings (bench/key.py), as each row records them: matched rows were requested alike, but a row
+    # says what ran (threads torch chose, weights a peer ran), and figures made under other settings do not compare.
+    settings = [f"{k} {brow.get(k)}→{crow.get(k)}" for k in SETTINGS
+                if canonical(k, brow.get(k)) != canonical(k, crow.get(k))]
     cell.note = "settings differ: " + ", ".join(settings) if settings else ""
     # Why a line is not comparable, or "" when it is: absolute figures by any difference, quality by the text's.
     why_absolute = ", ".join([*(f"different {k}" for k in env_diff), *(["settings differ"] if settings else [])])
@@ -237,6 +265,7 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], opt: Options | No
     env_diff, env_unknown = environment_diff(benv, cenv)
     brows = {row_key(r): r for r in baseline["rows"]}
     crows = {row_key(r): r for r in current["rows"]}
+    brows = pair_older_rows(brows, crows)
     cells = []
     for key in dict.fromkeys([*brows, *crows]):
         if key not in crows:
@@ -244,9 +273,11 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], opt: Options | No
         elif key not in brows:
             cells.append(CellResult(key, "current-only", note="not in the baseline (refresh it: make baseline)"))
         else:
-            ref = "|".join([*key.split("|")[:2], "naive", ""])
-            spreads = tuple(data.get("spread", {}).get(k, {}) for k in (key, ref) for data in (baseline, current))
-            cells.append(compare_cell(key, brows[key], crows[key], spreads, env_diff, opt))
+            brow, crow = brows[key], crows[key]
+            bspread, cspread = (data.get("spread", {}) for data in (baseline, current))
+            spreads = (bspread.get(row_key(brow), {}), cspread.get(key, {}),
+                       bspread.get(reference_key(brow), {}), cspread.get(reference_key(crow), {}))
+            cells.append(compare_cell(key, brow, crow, spreads, env_diff, opt))
     failed = [k for k, r in crows.items() if r.get("status") == "failed"]
     if not any(r.get("status") == "ok" for r in crows.values()):
         failed = failed or list(crows)  # a run that measured nothing never passes

@@ -151,47 +151,13 @@ def latency_distributions(data: dict[str, Any], out_dir: Path) -> list[Figure]:
     return figures
 
 
-def latency_vs_rate(data: dict[str, Any], out_dir: Path) -> list[Figure]:
-    """Request workloads (rows with request_rate): latency percentiles against the offered request rate."""
-    rows = [r for r in ok_rows(data) if num(r.get("request_rate")) is not None]
-    stats = [c for c in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "itl_p50_ms", "itl_p99_ms")
-             if any(num(r.get(c)) is not None for r in rows)]
-    if not rows or not stats:
-        return []
-    figures = []
-    for (model, workload), group in _groups(rows).items():
-        kinds = list(dict.fromkeys(c.split("_")[0] for c in stats))
-        fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), squeeze=False)
-        colour = colours([_without_rate(r) for r in group])
-        for ax, kind in zip(axes[0], kinds):
-            for name in sorted(colour):
-                pts = sorted(((r["request_rate"], r) for r in group if _without_rate(r) == name), key=lambda p: p[0])
-                for c, style in ((f"{kind}_p50_ms", "-"), (f"{kind}_p99_ms", "--")):
-                    ys = [(x, num(r.get(c))) for x, r in pts if num(r.get(c)) is not None]
-                    if ys:
-                        ax.plot(*zip(*ys), linestyle=style, marker="o", color=colour[name],
-                                label=f"{name} {c.split('_')[1]}")
-            ax.set(xlabel="request rate (requests/s)", ylabel=f"{kind.upper()} ms", title=f"{kind.upper()} p50 / p99")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{model} · {workload}: latency against request rate (solid p50, dashed p99)", fontsize=10)
-        figures.append((f"Latency percentiles against request rate — {model} · {workload}",
-                        save(fig, out_dir, f"rate-{_slug(model, workload)}.png")))
-    return figures
-
-
-PLOTS = (pareto, context_scaling, latency_distributions, latency_vs_rate)
+# Rate sweeps (latency and goodput against request rate) are drawn by rate_plots.py, beside its sustainable rate.
+PLOTS = (pareto, context_scaling, latency_distributions)
 
 
 def make_plots(data: dict[str, Any], out_dir: Path) -> list[Figure]:
     """Every figure the run has data for, as PNGs in ``out_dir``."""
     return [f for plot in PLOTS for f in plot(data, out_dir)]
-
-
-def _without_rate(row: dict[str, Any]) -> str:
-    """A strategy's line across rates: its label without the rate parameter a sweep may have put in params."""
-    params = ";".join(p for p in str(row.get("params") or "").split(";") if "rate" not in p)
-    return f"{row['strategy']} {params}".strip()
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:

@@ -6,7 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.results.quality_tables import quality_sections
+from bench.results.rate_plots import fmt_rate, rate, summary_lines, sweep_block, sweeps
 from bench.results.rows import atomic_write, load_results, row_key
+from bench.results.summary import summary_block
 
 UNSTABLE_CV = 0.10  # a cell whose tokens/s varies this much across repeats is flagged
 
@@ -14,7 +17,7 @@ UNSTABLE_CV = 0.10  # a cell whose tokens/s varies this much across repeats is f
 TABLE = [
     ("strategy", "strategy", "{}"), ("params", "params", "{}"), ("status", "status", "{}"),
     ("tokens_per_s", "tok/s", "{:.1f}"), ("speedup_vs_naive", "× naive", "{:.2f}"),
-    ("ttft_ms", "TTFT ms", "{:.0f}"), ("tpot_ms", "TPOT ms", "{:.1f}"), ("itl_p99_ms", "ITL p99 ms", "{:.1f}"),
+    ("roofline_pct", "roofline %", "{:.0f}"), ("ttft_ms", "TTFT ms", "{:.0f}"), ("tpot_ms", "TPOT ms", "{:.1f}"), ("itl_p99_ms", "ITL p99 ms", "{:.1f}"),
     ("peak_rss_mb", "peak RSS MiB", "{:.0f}"), ("rss_over_model_mb", "RSS over model MiB", "{:.0f}"),
     ("cache_bytes", "cache MiB", "mib"), ("compression_ratio", "compression ×", "{:.2f}"),
     ("ppl", "ppl", "{:.3f}"), ("ppl_delta_pct", "Δppl %", "{:+.2f}"), ("kl_vs_naive", "KL nats", "{:.4f}"),
@@ -108,23 +111,35 @@ def device_block(group: list[dict[str, Any]]) -> list[str]:
     return [f"Energy not measured: {'; '.join(notes)}.", ""] if notes else []
 
 
+def swept_columns(columns: list[tuple[str, str, str]], group: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """``columns`` with the run settings the group sweeps (rate, concurrency, dtype, weights) after params."""
+    varied = [(c, h, "{}") for c, h in (("request_rate", "rate req/s"), ("max_concurrency", "concurrency"),
+                                        ("dtype", "dtype"), ("weights", "weights"), ("weight_quant", "weight quant"))
+              if len({str(r.get(c)) for r in group}) > 1]
+    return columns[:2] + varied + columns[2:]
+
+
 def render(data: dict[str, Any], figures: list[tuple[str, str]] | None = None) -> str:
     rows, spread, envi = data["rows"], data.get("spread", {}), data.get("environment", {})
     out = ["# kvbench report", ""]
     meta = data.get("meta", {})
     if meta:
         out += [f"Command: `{meta.get('command', '')}`  ", f"Run: {meta.get('run_id', '')}", ""]
+    out += summary_block(rows, figures or [], summary_lines(rows))  # the first screen: what each family buys
+    swept = sweeps(rows)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["workload"]), []).append(r)
     for (model, workload), group in groups.items():
         group.sort(key=lambda r: (r["strategy"] != "naive", r["strategy"], r.get("params", "")))
-        out += [f"## {model} · {workload}", "", markdown_table(group, TABLE), ""]
+        out += [f"## {model} · {workload}", "", markdown_table(group, swept_columns(TABLE, group)), ""]
         if any("goodput_rps" in r for r in group):
             r0 = next(r for r in group if "goodput_rps" in r)
-            out += [f"Serving ({r0.get('num_requests')} requests, rate {r0.get('request_rate')}/s, burstiness "
+            rates = sorted({fmt_rate(rate(r)) for r in group if "goodput_rps" in r and rate(r) is not None}, key=float)
+            out += [f"Serving ({r0.get('num_requests')} requests, rate {', '.join(rates)}/s, burstiness "
                     f"{r0.get('burstiness')}, SLO {r0.get('slo')}; latencies from each request's arrival):", "",
-                    markdown_table(group, SERVING_TABLE), ""]
+                    markdown_table(group, swept_columns(SERVING_TABLE, group)), ""]
+            out += sweep_block(swept[(model, workload)]) if (model, workload) in swept else []
         out += device_block(group)
         unstable = [f"{r['strategy']} {r['params']}".strip() for r in group
                     if spread.get(row_key(r), {}).get("tokens_per_s", {}).get("cv", 0) >= UNSTABLE_CV]
@@ -139,6 +154,7 @@ def render(data: dict[str, Any], figures: list[tuple[str, str]] | None = None) -
             "cache MiB: bytes the cache really holds at the end of the longest request; compression = full-cache "
             "closed form / held bytes; quality vs naive on the same prompts (agreement over naive's prompts), "
             "perplexity teacher-forced through each strategy's own cache.", ""]
+    out += quality_sections(rows)  # retrieval, Δppl intervals, output lengths (bench/results/quality_tables.py)
     out += figures_block(figures or [])
     out += environment_block(envi, rows)
     return "\n".join(out)
@@ -150,8 +166,10 @@ def write_report(run_dir: Path, plots: bool = True) -> Path:
     figures = []
     if plots:
         from bench.results.plots import make_plots
+        from bench.results.quality_plots import quality_figures
+        from bench.results.rate_plots import rate_figures
 
-        figures = make_plots(data, run_dir)
+        figures = make_plots(data, run_dir) + rate_figures(data, run_dir) + quality_figures(data, run_dir)
     path = run_dir / "report.md"
     text = render(data, figures)
     atomic_write(path, text)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import kvbench_version
+from bench.key import row_key as cell_row_key
 
 # The columns every row carries, in order (issue #3); strategies may add more (blocks_used, ...), appended after.
 COLUMNS = [
@@ -36,7 +37,8 @@ NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 TEXT = {"model", "workload", "strategy", "params", "status", "error", "sampling", "dtype", "device", "weights",
         "decode_forward", "slo", "torch_version", "transformers_version", "kvbench_version", "python_version",
         "python", "cpu", "cpu_capability", "gpu", "git_rev", "platform", "run_id", "command", "energy_source",
-        "energy_note", "nvml_error"}
+        "energy_note", "nvml_error", "weight_quant", "target", "target_model", "failed_by_reason", "failure_example",
+        "output_tokens_source", "cell_key"}
 TIMED = ["tokens_per_s", "ttft_ms", "tpot_ms", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms"]
 
 
@@ -45,7 +47,8 @@ class ResultsError(ValueError):
 
 
 def row_key(row: dict[str, Any]) -> str:
-    return "|".join(str(row.get(k, "")) for k in ("model", "workload", "strategy", "params"))
+    """The row's cell key, every run setting included (bench/key.py); older files key as they always did."""
+    return cell_row_key(row)
 
 
 def atomic_write(path: Path, text: str) -> None:

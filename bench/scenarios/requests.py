@@ -23,6 +23,7 @@ from bench.measure.energy import EnergyMeter, energy_columns
 from bench.measure.timing import RequestTiming, cuda_memory, defined, percentile, spread, synchronize
 from bench.models import LoadedModel
 from bench.results.rows import TIMED
+from bench.scenarios.concurrency import ConcurrencyGate
 from strategies.core.base import StrategyFailed
 from strategies.core.requests import Generation, Request
 from strategies.core.sampling import Sampling
@@ -36,14 +37,15 @@ PROBE_REQUESTS = 4  # requests in the untimed warm-up pass that also reads the c
 class Slo:
     ttft_ms: float
     tpot_ms: float
+    e2el_ms: float = math.inf  # end-to-end latency target (vLLM's --goodput e2el:MS)
 
     @classmethod
     def parse(cls, text: str) -> Slo:
-        values = {"ttft_ms": math.inf, "tpot_ms": math.inf}
+        values = {"ttft_ms": math.inf, "tpot_ms": math.inf, "e2el_ms": math.inf}
         for item in filter(None, (s.strip() for s in (text or DEFAULT_SLO).split(","))):
             key, _, value = item.partition("=")
             if key not in values:
-                raise ValueError(f"unknown --slo target {key!r}; allowed: ttft_ms, tpot_ms "
+                raise ValueError(f"unknown --slo target {key!r}; allowed: ttft_ms, tpot_ms, e2el_ms "
                                  "(e.g. ttft_ms=500,tpot_ms=50)")
             try:
                 values[key] = float(value)
@@ -52,7 +54,8 @@ class Slo:
         return cls(**values)
 
     def __str__(self) -> str:
-        return f"ttft_ms={self.ttft_ms:g},tpot_ms={self.tpot_ms:g}"
+        e2el = f",e2el_ms={self.e2el_ms:g}" if math.isfinite(self.e2el_ms) else ""
+        return f"ttft_ms={self.ttft_ms:g},tpot_ms={self.tpot_ms:g}{e2el}"
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ def serving_metrics(served: list[ServedRequest], duration_s: float, slo: Slo) ->
     output = sum(len(r.stamps) for r in done)
     gaps = [g for r in done for g in r.gaps_s]
     # a one-token request has no TPOT (nan), so none to miss the target with
-    good = [r for r in done if 1000 * r.ttft_s <= slo.ttft_ms and not 1000 * r.tpot_s > slo.tpot_ms]
+    good = [r for r in done if 1000 * r.ttft_s <= slo.ttft_ms and not 1000 * r.tpot_s > slo.tpot_ms
+            and 1000 * r.e2e_s <= slo.e2el_ms]
     out = {"request_throughput_rps": len(done) / duration_s, "output_tokens_per_s": output / duration_s,
            "total_tokens_per_s": (output + sum(r.prompt_tokens for r in done)) / duration_s,
            "goodput_rps": len(good) / duration_s, "slo_attainment": len(good) / len(served) if served else math.nan,
@@ -110,23 +114,29 @@ class RunClock:
 
 
 def timed_serve(comp: Composition, model: PreTrainedModel, requests: list[Request], sampling: Sampling,
-                device: str, meter: EnergyMeter | None = None
+                device: str, meter: EnergyMeter | None = None, max_concurrency: int = 0
                 ) -> tuple[Generation, list[ServedRequest], float, float | None]:
     """One timed run over all requests: (what the decoder returned, ServedRequest per request, duration, joules
-    of the run: None without a ``meter`` or when its counter could not be read)."""
+    of the run: None without a ``meter`` or when its counter could not be read). ``max_concurrency``: at most that
+    many requests in flight (0: no limit), latencies from when each was sent (bench/scenarios/concurrency.py)."""
     stamps: dict[int, list[float]] = defaultdict(list)
     clock = RunClock(device)
+    gate = ConcurrencyGate(requests, max_concurrency, clock) if max_concurrency else None
     if meter is not None:  # inside the synchronized clock reads, so the counter spans exactly the timed GPU work
         meter.start()
 
     def emit(i: int, tokens) -> None:
         now = clock.now()
         stamps[i].extend([now] * len(tokens))
+        if gate is not None:
+            gate.emitted(i, len(tokens), now)
 
-    out = comp.decoder.serve(model, comp.cache_factory(model), requests, sampling, emit, clock, cache=comp.cache)
+    out = comp.decoder.serve(model, comp.cache_factory(model), gate.requests if gate else requests, sampling, emit,
+                             gate or clock, cache=comp.cache)
     duration = clock.now()
     joules = meter.stop() if meter is not None else None
-    served = [ServedRequest(r.arrival_s, tuple(stamps[r.index]), len(r.prompt)) for r in requests]
+    served = [ServedRequest(gate.sent_at(r.index) if gate else r.arrival_s, tuple(stamps[r.index]), len(r.prompt))
+              for r in requests]
     return out, served, duration, joules
 
 
@@ -169,7 +179,8 @@ def run_serving(cell: Any, comp: Composition, loaded: LoadedModel, workload: Any
     runs, samples = [], {"ttft_ms": [], "itl_ms": []}
     meter, joules, tokens = EnergyMeter(cell.device), [], []
     for _ in range(cell.repeats):
-        out, served, duration, used = timed_serve(comp, model, requests, sampling, cell.device, meter)
+        out, served, duration, used = timed_serve(comp, model, requests, sampling, cell.device, meter,
+                                                  getattr(cell, "max_concurrency", 0))
         runs.append(serving_metrics(served, duration, slo))
         joules.append(used)
         tokens.append(sum(len(r.stamps) for r in served))
@@ -183,7 +194,8 @@ def run_serving(cell: Any, comp: Composition, loaded: LoadedModel, workload: Any
     spreads.update({k: spread(v) for k, v in per_repeat.items()})
     row.update(figures)
     row.update({"num_requests": len(requests), "request_rate": cell.request_rate, "burstiness": cell.burstiness,
-                "slo": str(slo), "prompt_tokens": sum(len(r.prompt) for r in requests),
+                "max_concurrency": getattr(cell, "max_concurrency", 0), "slo": str(slo),
+                "prompt_tokens": sum(len(r.prompt) for r in requests),
                 "generated_tokens": sum(map(len, out.tokens))})
     row.update(out.stats)  # of the last timed repeat
     row.update(cuda_memory(cell.device))

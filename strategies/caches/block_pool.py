@@ -12,7 +12,8 @@ one, and a block returns to the free list when its last holder lets go.
 
 API: ``can_allocate(n)``, ``allocate(n) -> ids``, ``share(ids)``, ``free(ids)``, ``num_free_blocks``,
 ``num_used_blocks``, ``block_bytes`` (K+V of one block over all layers), ``reserved_bytes``, and the storage
-``keys[layer]`` / ``values[layer]`` ([num_blocks, kv_heads, block_size, head_dim] views).
+``keys[layer]`` / ``values[layer]`` ([num_blocks, kv_heads, block_size, head_dim] views, or [num_blocks,
+block_size, kv_heads, head_dim] with ``token_major``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ class PoolExhausted(RuntimeError):
 
 class BlockPool:
     def __init__(self, num_blocks: int, block_size: int, num_layers: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", token_major: bool = False):
+        """``token_major`` lays each block out [block_size, kv_heads, head_dim] instead of [kv_heads, block_size,
+        head_dim]: gathering a row's blocks then yields its keys in sequence order as a view (one copy, the
+        gather itself), which is how the continuous engine's attention reads the pool."""
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"a pool needs num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
-        self.num_blocks, self.block_size = num_blocks, block_size
-        shape = (num_layers, num_blocks, kv_heads, block_size, head_dim)
+        self.num_blocks, self.block_size, self.token_major = num_blocks, block_size, token_major
+        shape = ((num_layers, num_blocks, block_size, kv_heads, head_dim) if token_major else
+                 (num_layers, num_blocks, kv_heads, block_size, head_dim))
         self.keys = torch.empty(shape, dtype=dtype, device=device)  # slots are read only after being written
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.ref_counts = [0] * num_blocks

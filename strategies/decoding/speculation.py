@@ -15,7 +15,7 @@ token.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -62,7 +62,10 @@ def one_hot(tokens: list[int], vocab: int) -> torch.Tensor:
 
 @dataclass
 class SpeculationStats:
-    """Counts over one ``generate`` or ``serve`` call (all its requests)."""
+    """Counts over one ``generate`` or ``serve`` call (all its requests), and the breakdown every speculating row
+    carries (Spec-Bench issue #29: more accepted tokens can still mean a lower speedup, so the costs stand next to
+    the acceptance). ``plain_step_s``: one plain decode forward of the target, timed by ``prepare`` (untimed
+    setup), the cost a step decoder pays per token; the predicted speedup is tokens per step × that / step cost."""
 
     steps: int = 0
     drafted: int = 0
@@ -71,17 +74,71 @@ class SpeculationStats:
     target_forwards: int = 0
     draft_s: float = 0.0
     verify_s: float = 0.0
+    step_s: float = 0.0  # whole steps: drafting, verifying and the bookkeeping around them
+    accepted_hist: list[int] = field(default_factory=list)  # [n]: steps that kept n drafts
+    offered_by_pos: list[int] = field(default_factory=list)  # [j]: steps that offered a draft at depth j+1
+    accepted_by_pos: list[int] = field(default_factory=list)  # [j]: steps that kept the draft at depth j+1
+    plain_step_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # decoder-specific figures (heads' bytes, training time)
+
+    def record(self, depth: int, drafted: int, accepted: int, draft_s: float, verify_s: float, step_s: float) -> None:
+        """One verify step that offered drafts up to ``depth`` (``drafted`` tokens in all) and kept ``accepted``."""
+        for counts, n in ((self.accepted_hist, accepted + 1), (self.offered_by_pos, depth),
+                          (self.accepted_by_pos, accepted)):
+            counts.extend([0] * (n - len(counts)))
+        self.accepted_hist[accepted] += 1
+        for j in range(depth):
+            self.offered_by_pos[j] += 1
+        for j in range(accepted):
+            self.accepted_by_pos[j] += 1
+        self.steps, self.drafted, self.accepted = self.steps + 1, self.drafted + drafted, self.accepted + accepted
+        self.target_forwards, self.emitted = self.target_forwards + 1, self.emitted + accepted + 1
+        self.draft_s, self.verify_s = self.draft_s + draft_s, self.verify_s + verify_s
+        self.step_s += step_s
 
     def row(self) -> dict[str, Any]:
         steps = max(self.steps, 1)
+        mean_len = (self.accepted + self.steps) / steps  # tokens kept per verify forward
+        step_ms = 1000 * self.step_s / steps
+        predicted = mean_len * 1000 * self.plain_step_s / step_ms if self.plain_step_s and step_ms else 0.0
+        by_pos = [a / o if o else 0.0 for a, o in zip(self.accepted_by_pos + [0] * len(self.offered_by_pos),
+                                                        self.offered_by_pos)]
         return {
             "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
-            "mean_accepted_len": (self.accepted + self.steps) / steps,  # tokens kept per verify forward
+            "mean_accepted_len": mean_len,
+            "accepted_len_hist": " ".join(f"{n}:{c}" for n, c in enumerate(self.accepted_hist) if c),
+            "acceptance_by_pos": " ".join(f"{x:.2f}" for x in by_pos),
             "draft_ms_per_step": 1000 * self.draft_s / steps,
             "verify_ms_per_step": 1000 * self.verify_s / steps,
+            "overhead_ms_per_step": max(0.0, step_ms - 1000 * (self.draft_s + self.verify_s) / steps),
+            "plain_step_ms": 1000 * self.plain_step_s,
+            "speedup_predicted": predicted,
             "target_forwards": self.target_forwards,
             "target_forwards_per_token": self.target_forwards / max(self.emitted, 1),
+            **self.extra,
         }
+
+
+@torch.inference_mode()
+def plain_step_seconds(model: PreTrainedModel, context: int = 64, repeats: int = 5) -> float:
+    """The fastest of ``repeats`` one-token decode forwards of ``model`` over a full cache holding ``context``
+    tokens, through the forward ``step`` would use (lean where it applies): the cost a speculating step competes
+    with. Called from ``prepare``, before warm-up, so it never lands in the measured run."""
+    from strategies.caches.full import PreallocatedLayer  # a plain full cache, whatever this decoder runs over
+    from strategies.core.base import KVCache, num_cache_layers
+    from strategies.core.forward import decode_one_token
+    from strategies.kernels.lean_forward import lean_decoder
+
+    cache = KVCache([PreallocatedLayer(context + repeats) for _ in range(num_cache_layers(model.config))])
+    seq = torch.full((1, context + repeats), 1, dtype=torch.long, device=model.device)
+    lean = lean_decoder(model, cache)
+    prefill(model, cache, seq[:, :context])
+    best = float("inf")
+    for t in range(repeats):
+        t0 = time.perf_counter()
+        decode_one_token(model, cache, seq, context + t + 1, lean)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def verify_logits(model: PreTrainedModel, cache: Cache | None, seq: torch.Tensor, length: int, m: int) -> torch.Tensor:
@@ -119,10 +176,9 @@ def speculate(model: PreTrainedModel, cache: Cache | None, prompt: list[int], ma
         new = drafts[:a] + [token]
         seq[0, length + a] = token
         length += a + 1
+        t2 = time.perf_counter()
         proposer.accepted(length, p.argmax(-1).tolist(), a)
-        stats.steps, stats.drafted, stats.accepted = stats.steps + 1, stats.drafted + m, stats.accepted + a
-        stats.target_forwards, stats.emitted = stats.target_forwards + 1, stats.emitted + len(new)
-        stats.draft_s, stats.verify_s = stats.draft_s + t1 - t0, stats.verify_s + time.perf_counter() - t1
+        stats.record(m, m, a, t1 - t0, t2 - t1, time.perf_counter() - t0)
         emit(new)
     return seq[0, n:].tolist()
 
@@ -132,6 +188,10 @@ class SpeculativeDecoder(DecodingStrategy):
     (verification reads the same cache a step decoder would)."""
 
     lossless = True
+    plain_step_s = 0.0  # set by prepare (not a parameter): see SpeculationStats
+
+    def prepare(self, model: PreTrainedModel, load=None) -> None:
+        self.plain_step_s = plain_step_seconds(model)
 
     def proposer(self, model: PreTrainedModel, seq: torch.Tensor, end: int, generator: torch.Generator,
                  banned: list[int], sampling: Sampling) -> Proposer:
@@ -154,14 +214,14 @@ class SpeculativeDecoder(DecodingStrategy):
 
     def generate(self, model: PreTrainedModel, new_cache: NewCache, prompts: list[list[int]], max_new_tokens: int,
                  sampling: Sampling, emit: Emit) -> Generation:
-        stats = SpeculationStats()
+        stats = SpeculationStats(plain_step_s=self.plain_step_s)
         tokens = self.speculate_each(model, new_cache, prompts, max_new_tokens, sampling, emit, stats)
         return Generation(tokens, stats.row())
 
     def serve(self, model: PreTrainedModel, new_cache: NewCache, requests: list[Request], sampling: Sampling,
               emit: Emit, clock: ServeClock, cache: CacheStrategy | None = None) -> Generation:
         """One request after another (the default), with the figures counted over all of them, not the last."""
-        stats = SpeculationStats()
+        stats = SpeculationStats(plain_step_s=self.plain_step_s)
 
         def generate(prompts: list[list[int]], max_new_tokens: int, emit_one: Emit) -> Generation:
             tokens = self.speculate_each(model, new_cache, prompts, max_new_tokens, sampling, emit_one, stats)

@@ -37,6 +37,7 @@ class Speculative(SpeculativeDecoder):
         parse_layers(self.draft)
 
     def prepare(self, model: PreTrainedModel, load: LoadModel | None = None) -> None:
+        super().prepare(model, load)  # the plain step's time, for the predicted speedup
         self.prepared = prepare_draft(self.prepared, model, self.draft, load)
 
     def proposer(self, model: PreTrainedModel, seq: torch.Tensor, end: int, generator: torch.Generator,

@@ -13,7 +13,9 @@ With a ``PrefixIndex``, admission first reuses the cached blocks of the longest 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 from strategies.caches.block_pool import BlockPool
 from strategies.core.requests import Request
@@ -26,6 +28,10 @@ class Sequence:
     num_computed: int = 0  # tokens whose K/V are in the pool
     blocks: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # chained hashes of the full blocks registered so far
+    request_id: Hashable = None  # the engine's key (the request index when serving a workload)
+    sampling: Any = None  # its own Sampling, or None for the engine's default
+    generator: Any = None  # its own torch.Generator when it has its own Sampling
+    stop_on_eos: bool = False
 
     @property
     def num_generated(self) -> int:
@@ -62,8 +68,9 @@ class Scheduler:
         need = self.blocks_for(tokens)
         if need > self.pool.num_blocks:
             raise RequestTooLarge(
-                f"request {request.index} needs {need} blocks of {self.pool.block_size} tokens ({len(request.prompt)} "
-                f"prompt + {request.max_new_tokens} new) but the pool has {self.pool.num_blocks}; raise num_blocks")
+                f"request {request.index!r} needs {need} blocks of {self.pool.block_size} tokens "
+                f"({len(request.prompt)} prompt + {request.max_new_tokens} new) but the pool has "
+                f"{self.pool.num_blocks}; raise num_blocks")
 
     # --- admission -------------------------------------------------------------------------------------------
     def cached_prefix(self, seq: Sequence) -> list[int]:
@@ -120,11 +127,34 @@ class Scheduler:
                 self.preempt(self.running[-1])  # the newest gives its blocks back (recomputed later)
             if seq in self.running:
                 self.append(seq)
+        deferred: list[Sequence] = []
         while self.waiting and len(self.running) < self.max_batch and self.can_allocate(self.waiting[0]):
             seq = self.waiting.popleft()
+            if self.is_computing_its_prefix(seq):
+                deferred.append(seq)
+                continue
             self.allocate(seq)
             self.running.append(seq)
+        self.waiting.extendleft(reversed(deferred))  # they keep their place in line
         return list(self.running)
+
+    def is_computing_its_prefix(self, seq: Sequence) -> bool:
+        """Whether a running sequence is computing the next block ``seq`` could share: then ``seq`` waits until
+        that block is published instead of computing it a second time (SGLang groups such requests the same
+        way). Co-arriving requests with a common prefix compute it once."""
+        if self.prefix is None:
+            return False
+        shareable = self.prefix.chain(seq.tokens, (len(seq.tokens) - 1) // self.pool.block_size)
+        hits = len(self.cached_prefix(seq))
+        if hits >= len(shareable):
+            return False
+        nxt = shareable[hits]
+        for other in self.running:
+            full = len(other.request.prompt) // self.pool.block_size
+            published = len(other.block_hashes)
+            if published < full and nxt in self.prefix.chain(other.tokens, full)[published:]:
+                return True
+        return False
 
     def finish(self, seq: Sequence) -> None:
         self.running.remove(seq)

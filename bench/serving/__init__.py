@@ -1,0 +1,1 @@
+"""kvbench serve: an OpenAI-compatible server over the continuous-batching engine."""

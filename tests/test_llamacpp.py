@@ -1,0 +1,46 @@
+"""The llama.cpp peer on the embedded GGUF (skipped where the optional extra is not installed, as in CI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from strategies.core.base import Unsupported
+from strategies.core.sampling import Sampling
+from strategies.registry import compose
+
+llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: make llamacpp")
+
+
+def generate(loaded, quant: str, prompt: list[int], n: int) -> list[int]:
+    comp = compose("llamacpp", {"llamacpp": {"quant": quant, "n_ctx": 256}})
+    comp.decoder.prepare(loaded.model)
+    return comp.decoder.generate(loaded.model, None, [prompt], n, Sampling(), lambda i, t: None).tokens[0]
+
+
+def test_f32_is_our_weights_and_agrees_with_our_greedy_tokens(smol, smol_prompts):
+    prompt = smol_prompts[0]
+    with torch.inference_mode():
+        ours = smol.model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12,
+                                   do_sample=False)[0, len(prompt):].tolist()
+    theirs = generate(smol, "f32", prompt, 12)
+    assert len(theirs) == 12  # EOS suppressed: exactly max_new_tokens
+    assert sum(a == b for a, b in zip(ours, theirs)) >= 10
+
+
+def test_shipped_q4_1_scores_through_its_own_cache(smol, smol_prompts):
+    comp = compose("llamacpp", {"llamacpp": {"quant": "q4_1", "n_ctx": 256}})
+    comp.decoder.prepare(smol.model)
+    assert comp.decoder.gguf_bytes > 50e6
+    prompt, continuation = smol_prompts[1], [504, 3426, 314]
+    logprobs = comp.decoder.score(smol.model, None, prompt, continuation)
+    assert logprobs.shape == (3, smol.model.config.vocab_size)
+    assert torch.allclose(logprobs.exp().sum(-1), torch.ones(3), atol=1e-3)
+
+
+def test_a_model_without_gguf_is_unsupported_and_bad_quant_is_named(tiny):
+    comp = compose("llamacpp", {})
+    with pytest.raises(Unsupported, match="GGUF"):
+        comp.decoder.prepare(tiny.model)
+    with pytest.raises(ValueError, match="llamacpp.quant must be one of f32, bf16, q8_0, q4_1, got 'q3'"):
+        compose("llamacpp", {"llamacpp": {"quant": "q3"}})

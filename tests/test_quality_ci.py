@@ -1,0 +1,107 @@
+"""Perplexity that can be trusted (issue #16): paired bootstrap interval of Δppl, the long scoring window, output
+lengths before EOS, and how the report shows them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bench.measure.quality import (
+    LONG_WINDOW,
+    output_lengths,
+    perplexity,
+    ppl_delta_ci,
+    ppl_delta_pct,
+    quality_window,
+    scored_window,
+    target_logprobs,
+    tokens_before_eos,
+)
+from bench.results.quality_tables import pareto_front, quality_sections
+from bench.workloads.catalog import get_workload
+
+
+def _logprobs(n: int, vocab: int = 11, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, vocab, generator=torch.Generator().manual_seed(seed)).log_softmax(-1)
+
+
+def test_delta_from_paired_tokens_is_the_perplexity_ratio():
+    ref, ours = _logprobs(40, seed=1), _logprobs(40, seed=2)
+    targets = torch.randint(0, 11, (40,), generator=torch.Generator().manual_seed(3)).tolist()
+    expected = 100 * (perplexity(ours, targets) - perplexity(ref, targets)) / perplexity(ref, targets)
+    got = ppl_delta_pct(target_logprobs(ref, targets), target_logprobs(ours, targets))
+    assert math.isclose(got, expected, rel_tol=1e-5)  # perplexity() averages in float32
+
+
+def test_identical_scores_give_a_zero_interval_and_no_significance():
+    ref = target_logprobs(_logprobs(64), list(range(11)) * 5 + list(range(9)))
+    assert ppl_delta_ci(ref, ref.clone()) == (0.0, 0.0)
+    assert "\n".join(quality_sections([_row("snapkv", 0.0, 0.0, 0.0)])).count("n.s.") == 2  # legend and row
+
+
+def test_a_constant_shift_is_exact_at_both_ends_and_significant():
+    """Every resample of a constant difference has the same mean, so both ends are the point estimate."""
+    ref = torch.full((100,), -2.0, dtype=torch.float64)
+    low, high = ppl_delta_ci(ref, ref - 0.01)
+    assert math.isclose(low, 100 * math.expm1(0.01)) and math.isclose(high, low)
+    assert math.isclose(ppl_delta_pct(ref, ref - 0.01), low)
+
+
+def test_interval_is_seeded_and_holds_the_estimate():
+    ref = target_logprobs(_logprobs(256, seed=4), [3] * 256)
+    ours = ref + 0.05 * torch.randn(256, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    low, high = ppl_delta_ci(ref, ours)
+    assert low < ppl_delta_pct(ref, ours) < high
+    assert ppl_delta_ci(ref, ours) == (low, high)  # same seed, same resamples
+    assert ppl_delta_ci(ref, ours, seed=1) != (low, high)
+
+
+def test_block_resampling_widens_the_interval_of_correlated_losses():
+    """Neighbouring tokens' losses move together; resampling positions one by one would understate the spread."""
+    slow = torch.repeat_interleave(torch.randn(16, generator=torch.Generator().manual_seed(6), dtype=torch.float64), 64)
+    ref = torch.full((1024,), -3.0, dtype=torch.float64)
+    iid, blocks = ppl_delta_ci(ref, ref + 0.1 * slow, block=1), ppl_delta_ci(ref, ref + 0.1 * slow, block=64)
+    assert blocks[1] - blocks[0] > iid[1] - iid[0]
+
+
+def test_long_workloads_score_a_long_window_and_smoke_keeps_its_short_one(tiny):
+    assert scored_window(32, 16) == (32, 16)
+    assert scored_window(2048, 64) == (2048, LONG_WINDOW)
+    smoke, long_doc = get_workload("smoke"), get_workload("long-doc")
+    context, continuation = quality_window(long_doc, tiny.tokenizer)
+    assert (len(context), len(continuation)) == (long_doc.quality_context, LONG_WINDOW)
+    assert [len(x) for x in quality_window(smoke, tiny.tokenizer)] == [smoke.quality_context, smoke.quality_tokens]
+
+
+def test_tokens_before_eos_count_up_to_the_first_eos_or_all():
+    assert tokens_before_eos([[5, 6, 2, 7], [5, 6, 7], [2]], {2}) == [2, 3, 0]
+    assert output_lengths([[5, 6, 2, 7], [5, 6, 7]], {2, 9}) == {"tokens_before_eos": 2.5, "eos_rate": 0.5}
+    assert output_lengths([], {2}) == {}
+
+
+def _row(strategy: str, delta: float, low: float, high: float, **extra) -> dict:
+    return {"model": "m", "workload": "long-doc", "strategy": strategy, "params": "", "status": "ok",
+            "ppl_delta_pct": delta, "ppl_delta_ci_low": low, "ppl_delta_ci_high": high, "ppl_tokens": 1024,
+            "ppl_delta_significant": not low <= 0 <= high, **extra}
+
+
+def test_report_marks_intervals_holding_zero_as_not_significant():
+    text = "\n".join(quality_sections([_row("naive", 0, 0, 0), _row("tova", 1.5, 0.5, 2.5),
+                                       _row("snapkv", -0.4, -1.1, 0.3)]))
+    assert "## Long-context quality · m · long-doc" in text
+    assert "| tova |  | 1024 | +1.50 | [+0.50, +2.50] | yes |" in text
+    assert "| snapkv |  | 1024 | -0.40 | [-1.10, +0.30] | n.s. |" in text
+    assert "| naive |" not in text  # the reference is 0 by construction
+
+
+def test_report_shows_output_length_inflation_only_when_some_strategy_differs():
+    same = [_row("full", 0, 0, 0, output_length_ratio=1.0, tokens_before_eos=12.0, eos_rate=1.0)]
+    assert "Output length" not in "\n".join(quality_sections(same))
+    longer = same + [_row("sinks", 1, 0.5, 2, output_length_ratio=1.25, tokens_before_eos=15.0, eos_rate=0.5)]
+    assert "| sinks |  | 15.0 | 0.50 | 1.250 |" in "\n".join(quality_sections(longer))
+
+
+def test_pareto_front_keeps_only_unbeaten_points():
+    points = [(1.0, 0.9), (2.0, 0.9), (2.0, 0.5), (4.0, 0.7), (3.0, 0.6), (8.0, 0.1)]
+    assert pareto_front(points) == [(2.0, 0.9), (4.0, 0.7), (8.0, 0.1)]
