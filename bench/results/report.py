@@ -17,7 +17,8 @@ UNSTABLE_CV = 0.10  # a cell whose tokens/s varies this much across repeats is f
 TABLE = [
     ("strategy", "strategy", "{}"), ("params", "params", "{}"), ("status", "status", "{}"),
     ("tokens_per_s", "tok/s", "{:.1f}"), ("speedup_vs_naive", "× naive", "{:.2f}"),
-    ("roofline_pct", "roofline %", "{:.0f}"), ("ttft_ms", "TTFT ms", "{:.0f}"), ("tpot_ms", "TPOT ms", "{:.1f}"), ("itl_p99_ms", "ITL p99 ms", "{:.1f}"),
+    ("roofline_pct", "roofline %", "{:.0f}"), ("ttft_ms", "TTFT ms", "{:.0f}"), ("tpot_ms", "TPOT ms", "{:.1f}"),
+    ("itl_p99_ms", "ITL p99 ms", "{:.1f}"),
     ("peak_rss_mb", "peak RSS MiB", "{:.0f}"), ("rss_over_model_mb", "RSS over model MiB", "{:.0f}"),
     ("cache_bytes", "cache MiB", "mib"), ("compression_ratio", "compression ×", "{:.2f}"),
     ("ppl", "ppl", "{:.3f}"), ("ppl_delta_pct", "Δppl %", "{:+.2f}"), ("kl_vs_naive", "KL nats", "{:.4f}"),
