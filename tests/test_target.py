@@ -57,6 +57,7 @@ def test_our_server_as_target_gives_sequential_tokens_and_the_serving_columns():
                          reference_tokens=reference)
     assert row["failed_requests"] == 0 and row["failed_by_reason"] == ""
     assert row["greedy_agreement"] == 1.0 and row["first_divergence"] == -1
+    assert row["prompt_format"] == "token_ids"  # our server takes token ids, as OpenAI's API allows
     assert row["generated_tokens"] == sum(r.max_new_tokens for r in requests)
     assert row["output_tokens_source"] == "usage" and row["target_model"] == "tiny"
     assert row["goodput_rps"] == row["request_throughput_rps"] > 0  # every request within a huge SLO
@@ -172,4 +173,5 @@ def test_llama_cpp_server_as_a_third_party_target():
         server.terminate()
         server.wait(30)
     assert row["failed_requests"] == 0, row["failure_example"]
+    assert row["prompt_format"] == "text"  # llama-cpp-python's server refuses token-id prompts: sent as text
     assert row["generated_tokens"] > 0 and row["output_tokens_per_s"] > 0 and row["ttft_p50_ms"] > 0

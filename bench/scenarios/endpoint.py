@@ -61,8 +61,9 @@ class Outcome:
     end_s: float = 0.0
 
 
-def payload(model: str, request: Request, sampling: Sampling | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "prompt": list(request.prompt), "max_tokens": request.max_new_tokens,
+def payload(model: str, request: Request, sampling: Sampling | None, text: str | None = None) -> dict[str, Any]:
+    prompt: Any = list(request.prompt) if text is None else text
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "max_tokens": request.max_new_tokens,
                             "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True,
                             "return_token_ids": True, "temperature": 0.0}
     if sampling is not None and not sampling.is_greedy:
@@ -110,7 +111,7 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict[str, Any], 
 
 
 async def send(client: httpx.AsyncClient, url: str, model: str, request: Request, sampling: Sampling | None,
-               t0: float, slots: asyncio.Semaphore | None, timeout_s: float) -> Outcome:
+               t0: float, slots: asyncio.Semaphore | None, timeout_s: float, text: str | None = None) -> Outcome:
     out = Outcome(request.index, request.arrival_s)
     await asyncio.sleep(max(0.0, t0 + request.arrival_s - time.perf_counter()))
     try:
@@ -118,7 +119,7 @@ async def send(client: httpx.AsyncClient, url: str, model: str, request: Request
             await slots.acquire()
         out.sent_s = time.perf_counter() - t0
         try:
-            await asyncio.wait_for(stream_one(client, url, payload(model, request, sampling), out, t0), timeout_s)
+            await asyncio.wait_for(stream_one(client, url, payload(model, request, sampling, text), out, t0), timeout_s)
         finally:
             if slots is not None:
                 slots.release()
@@ -133,19 +134,20 @@ async def send(client: httpx.AsyncClient, url: str, model: str, request: Request
 
 
 async def replay(url: str, model: str, requests: list[Request], sampling: Sampling | None,
-                 max_concurrency: int | None, timeout_s: float, warmup: int) -> tuple[list[Outcome], float]:
+                 max_concurrency: int | None, timeout_s: float, warmup: int,
+                 texts: dict[int, str] | None = None) -> tuple[list[Outcome], float]:
     """Warm up untimed, then send every request at its arrival; (outcomes by request, run duration)."""
     width = max(1, max_concurrency or len(requests))
     limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
     timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
         warm = [Request(r.index, r.prompt, r.max_new_tokens, 0.0) for r in requests[:warmup]]
-        await asyncio.gather(*(send(client, url, model, r, sampling, time.perf_counter(), None, timeout_s)
-                               for r in warm))
+        await asyncio.gather(*(send(client, url, model, r, sampling, time.perf_counter(), None, timeout_s,
+                                    (texts or {}).get(r.index)) for r in warm))
         slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         t0 = time.perf_counter()
-        outcomes = await asyncio.gather(*(send(client, url, model, r, sampling, t0, slots, timeout_s)
-                                          for r in requests))
+        outcomes = await asyncio.gather(*(send(client, url, model, r, sampling, t0, slots, timeout_s,
+                                               (texts or {}).get(r.index)) for r in requests))
     return list(outcomes), max((o.end_s for o in outcomes), default=0.0)
 
 
@@ -157,6 +159,18 @@ def served_model(url: str, timeout_s: float = 10.0) -> str:
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
         raise ValueError(f"--target {url}: cannot list its models at {url}/models ({type(e).__name__}: {e}); "
                          "is the server up? pass --target-model NAME to skip the lookup") from None
+
+
+def accepts_token_ids(url: str, model: str, timeout_s: float = 60.0) -> bool:
+    """OpenAI's /completions takes a prompt as token ids, and so do vLLM and ours; llama-cpp-python's server takes
+    text only (a 4xx/5xx validation error naming the prompt). Asked once with a two-token prompt; any other answer
+    or none: assume ids (the run itself then counts the failures)."""
+    try:
+        answer = httpx.post(f"{url}/completions", json={"model": model, "prompt": [1, 2], "max_tokens": 1},
+                            timeout=timeout_s)
+    except httpx.HTTPError:
+        return True
+    return not (answer.status_code >= 400 and "prompt" in answer.text)
 
 
 def token_stamps(out: Outcome, count: int) -> tuple[float, ...]:
@@ -182,10 +196,14 @@ def run_target(target: str, target_model: str | None, workload: Any, tokenizer: 
     model = target_model or served_model(url)
     requests = workload.requests(tokenizer, rate, burstiness, seed)
     requests = requests[:num_requests] if num_requests else requests
-    outcomes, duration = asyncio.run(replay(url, model, requests, sampling, max_concurrency, timeout_s, warmup))
+    # a server that takes text only gets the prompt decoded (special tokens kept as text): it tokenizes it itself
+    texts = None if accepts_token_ids(url, model) else {r.index: tokenizer.decode(r.prompt) for r in requests}
+    outcomes, duration = asyncio.run(replay(url, model, requests, sampling, max_concurrency, timeout_s, warmup,
+                                            texts))
     row = target_figures(target, model, requests, outcomes, duration, Slo.parse(slo), tokenizer, reference_tokens,
                          max_concurrency)
-    row.update({"request_rate": rate, "burstiness": burstiness})
+    row.update({"request_rate": rate, "burstiness": burstiness, "prompt_format": "token_ids" if texts is None
+                else "text"})
     return row
 
 
