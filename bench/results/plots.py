@@ -12,17 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.results.rows import row_key  # noqa: E402
+from bench.results.rows import num, row_key  # noqa: E402,F401 (num: used here and by quality_plots)
 
 Figure = tuple[str, str]
 
 
-def num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) or math.isinf(f) else f
 
 
 def label(row: dict[str, Any]) -> str:

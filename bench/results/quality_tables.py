@@ -8,14 +8,7 @@ import math
 import re
 from typing import Any
 
-
-def num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) or math.isinf(f) else f
-
+from bench.results.rows import num
 
 KEEP = 0.95  # a compressed cache "keeps" retrieval when it scores >= 95% of full's
 CASE = re.compile(r"^retrieval_hit@(\d+):(\d+)$")

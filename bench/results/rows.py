@@ -42,6 +42,15 @@ TEXT = {"model", "workload", "strategy", "params", "status", "error", "sampling"
 TIMED = ["tokens_per_s", "ttft_ms", "tpot_ms", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms"]
 
 
+def num(v: Any) -> float | None:
+    """A cell's value as a finite float, or None (missing, text, nan, inf): what tables and figures can use."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) or math.isinf(f) else f
+
+
 class ResultsError(ValueError):
     pass
 
