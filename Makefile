@@ -53,8 +53,10 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|numpy|scipy) '
 	KVBENCH_UNLOCKED=1 $(LATEST_VENV)/bin/python -m pytest tests -p no:cacheprovider $(PYTEST_ARGS)
 
+# The default suite, one timed repeat per cell (≤ 15 min from a fresh clone on 2 cores); ARGS adds or overrides flags.
+BENCH_ARGS ?= --repeats 1
 benchmark: setup
-	$(BIN)/kvbench run $(ARGS)
+	$(BIN)/kvbench run $(BENCH_ARGS) $(ARGS)
 
 # Test files run on TEST_WORKERS processes (pytest-xdist; a file stays on one worker, so its module fixtures load
 # once): most of a test's time is imports and spawned cells, which one core each can overlap. 1 turns it off.

@@ -16,8 +16,14 @@ from typing import Any
 
 import tomllib
 
-DEFAULT_STRATEGIES = "naive,full,hf-generate"
-DEFAULT_WORKLOADS = "chat-short,long-context"
+# The default suite (`make benchmark`, `kvbench run` without --strategies): naive against one representative of
+# every family on a workload where each shows its effect (bench/workloads/requests.py "assistant").
+DEFAULT_STRATEGIES = ("naive,full,paged,quant-int8,quant-int4,sinks,snapkv,speculative,prompt-lookup,continuous,"
+                      "continuous+prefix-cache,hf-generate,hf-continuous")
+DEFAULT_WORKLOADS = "assistant"
+# Parameters the default suite gives its strategies (unless --param sets the same key): sinks' default window (256)
+# outlasts the workload's ~200-token prompts and would evict nothing; an int8 copy is the cheapest real draft.
+DEFAULT_PARAMS = ("sinks.window=32", "speculative.draft=int8")
 WEIGHTS = ("packed", "stock", "auto")
 WEIGHT_QUANTS = ("none", "int8", "int4")
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
@@ -47,7 +53,8 @@ OPTIONS: tuple[Option, ...] = (
            "per line; run alone, or with --workload when given", "FILE.jsonl"),
     Option("strategies", "strs", DEFAULT_STRATEGIES.split(","), "comma list (allowed: see below); 'decoder+cache' "
            "composes (e.g. speculative+quant-int8)"),
-    Option("param", "items", [], "set or sweep a strategy parameter (one row per value); repeatable",
+    Option("param", "items", [], "set or sweep a strategy parameter (one row per value); repeatable (without "
+           f"--strategies, the default suite adds {', '.join(DEFAULT_PARAMS)})",
            "STRATEGY.KEY=V1[,V2]"),
     Option("repeats", "int", 3, "timed repeats per cell (median reported), >= 1"),
     Option("naive_repeats", "int", 1, "timed repeats for naive (it is O(n²)), >= 1"),
@@ -223,6 +230,9 @@ def from_sources(flags: dict[str, Any] | None = None) -> RunSettings:
         values.update(load_toml(Path(flags["config"])))
     for name, value in flags.items():
         values[name] = convert(BY_NAME[name], value, f"--{name.replace('_', '-')}")
+    if "strategies" not in values:
+        given = {p.partition("=")[0].strip() for p in values.get("param", [])}
+        values["param"] = [p for p in DEFAULT_PARAMS if p.partition("=")[0] not in given] + values.get("param", [])
     if values.get("prompts") and "workload" not in values:
         values["workload"] = []  # your own requests alone, unless workloads are named as well
     return RunSettings(**values)

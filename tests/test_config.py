@@ -183,3 +183,23 @@ def test_max_concurrency_keeps_at_most_n_requests_in_flight_and_times_from_sendi
         assert len(in_flight) <= 2
     sent = sorted(r.start for r in served)
     assert sent[:2] == [0.0, 0.0] and sent[2:] == finish[:3]  # each later request sent when one finished
+
+
+def test_the_default_suite_runs_naive_and_a_representative_of_every_family():
+    from bench.results.summary import FAMILIES, PEERS, family
+
+    cells = build_cells(from_sources({"model": "random:tiny-llama"}), check_context=False)
+    strategies = {c.strategy for c in cells}
+    assert {"naive", "sequential"} <= strategies  # sequential: the request workload's token reference
+    assert {family(s) for s in strategies - {"naive"}} == {name for name, _ in FAMILIES} | {PEERS}
+    assert {"continuous+prefix-cache", "hf-generate", "hf-continuous"} <= strategies
+    params = {c.strategy: c.params for c in cells}
+    assert params["sinks"] == {"sinks": {"window": 32}} and params["speculative"] == {"speculative": {"draft": "int8"}}
+
+
+def test_the_default_suites_params_yield_to_the_same_key_given_and_leave_with_given_strategies():
+    cells = build_cells(from_sources({"model": "random:tiny-llama", "param": ["sinks.window=8"]}),
+                        check_context=False)
+    assert {c.strategy: c.params for c in cells}["sinks"] == {"sinks": {"window": 8}}
+    cells = build_cells(from_sources({"model": "random:tiny-llama", "strategies": "sinks"}), check_context=False)
+    assert [c.params for c in cells if c.strategy == "sinks"] == [{}]

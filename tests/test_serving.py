@@ -18,7 +18,7 @@ from bench.workloads.requests import arrival_offsets
 from bench.workloads.text import CHAT_PROMPTS, encode_prompt, prose_tokens
 from strategies.caches.block_pool import BlockPool
 from strategies.core.requests import Request
-from strategies.core.sampling import GREEDY
+from strategies.core.sampling import GREEDY, eos_ids
 from strategies.registry import compose
 from strategies.scheduling.scheduler import Scheduler, Sequence
 
@@ -190,3 +190,16 @@ def test_cli_serves_a_request_workload_end_to_end(tmp_path):
                    "total_tokens_per_s", "peak_blocks_used", "block_utilisation", "preemptions", "cache_bytes_peak"):
         assert row[column] != "", column
     assert "Serving (4 requests, rate 50/s" in (tmp_path / "report.md").read_text()
+
+
+def test_hf_continuous_never_chooses_eos_and_gives_the_sequential_tokens(smol):
+    # Requests 1 and 5 of `assistant` reach a position where EOS is the model's top choice (at 58 and 50): with EOS
+    # merely not ending a request, transformers' engine emitted it and went on from there (agreement < 1).
+    from bench.workloads.catalog import get_workload
+
+    chosen = get_workload("assistant").requests(smol.tokenizer)
+    chosen = [Request(i, chosen[k].prompt, chosen[k].max_new_tokens, 0.0) for i, k in enumerate((1, 5))]
+    reference, _, _ = serve(smol.model, "sequential", chosen)
+    tokens, _, failures = serve(smol.model, "hf-continuous", chosen)
+    assert not failures and tokens == reference
+    assert not set(eos_ids(smol.model)) & {t for row in tokens for t in row}

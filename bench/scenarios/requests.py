@@ -24,7 +24,7 @@ from bench.measure.timing import RequestTiming, cuda_memory, defined, percentile
 from bench.models import LoadedModel
 from bench.results.rows import TIMED
 from bench.scenarios.concurrency import ConcurrencyGate
-from strategies.core.base import StrategyFailed
+from strategies.core.base import RequestEngine, StrategyFailed
 from strategies.core.requests import Generation, Request
 from strategies.core.sampling import Sampling
 from strategies.registry import Composition
@@ -142,8 +142,16 @@ def timed_serve(comp: Composition, model: PreTrainedModel, requests: list[Reques
 
 def probe_serving_cache(comp: Composition, model: PreTrainedModel, requests: list[Request],
                         sampling: Sampling) -> dict[str, Any]:
-    """Untimed pass (also the warm-up) over the first requests, all at t=0, reading the bytes every live cache
-    really holds after each emission. Caches that went out of scope are no longer counted (weak references)."""
+    """Untimed pass (also the warm-up), all at t=0, reading the bytes every live cache really holds after each
+    emission. An engine that batches is probed on the first ``PROBE_REQUESTS`` together; a decoder that serves one
+    request at a time on the longest request alone (its peak is the run's). A cache that holds no K/V (naive) only
+    warms up, on two tokens of the first request. Caches that went out of scope are no longer counted (weak
+    references)."""
+    if comp.cache is not None and not comp.cache.holds_kv:
+        warm = [Request(0, requests[0].prompt, min(2, requests[0].max_new_tokens), 0.0)]
+        comp.decoder.serve(model, comp.cache_factory(model), warm, sampling, lambda i, t: None, RunClock("cpu"),
+                           cache=comp.cache)
+        return {"cache_bytes_peak": 0}
     watch = CacheWatch(comp.cache_factory(model), keep=False)
 
     def emit(i: int, tokens) -> None:
@@ -151,7 +159,11 @@ def probe_serving_cache(comp: Composition, model: PreTrainedModel, requests: lis
         if why := watch.failure():  # each emission follows a finished forward: every hook has run
             raise StrategyFailed(why)
 
-    first = [Request(i, r.prompt, r.max_new_tokens, 0.0) for i, r in enumerate(requests[:PROBE_REQUESTS])]
+    if isinstance(comp.decoder, RequestEngine):
+        chosen = requests[:PROBE_REQUESTS]
+    else:
+        chosen = [max(requests, key=lambda r: len(r.prompt) + r.max_new_tokens)]
+    first = [Request(i, r.prompt, r.max_new_tokens, 0.0) for i, r in enumerate(chosen)]
     out = comp.decoder.serve(model, watch.new_cache, first, sampling, emit, RunClock("cpu"), cache=comp.cache)
     peak = max(watch.peak, int(out.stats.get("pool_bytes", 0)))  # engines that own a block pool report its bytes
     return {"cache_bytes_peak": peak} if comp.cache is not None else {}
@@ -174,6 +186,8 @@ def run_serving(cell: Any, comp: Composition, loaded: LoadedModel, workload: Any
     model = loaded.model
     requests = workload.requests(loaded.tokenizer, cell.request_rate, cell.burstiness, cell.seed)
     requests = requests[: cell.num_requests] if cell.num_requests else requests
+    if cell.strategy == "naive" and (few := getattr(workload, "reference_prompts", None)):
+        requests = requests[:few]  # naive is O(n²): it serves the first few (its num_requests column says how many)
     slo = Slo.parse(cell.slo)
     figures = probe_serving_cache(comp, model, requests, sampling)
     runs, samples = [], {"ttft_ms": [], "itl_ms": []}

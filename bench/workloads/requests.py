@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from bench.workloads.prompts import COPY_EDIT_PROMPTS
 from bench.workloads.text import CHAT_PROMPTS, encode_prompt, prose_tokens, quality_text
 from strategies.core.requests import Request
 
@@ -88,6 +89,37 @@ class RequestWorkload:
         return quality_text(tokenizer, self.quality_context, self.quality_tokens)
 
 
+# The default suite's tasks: chat questions and copy/edit requests alternate, so in one workload prompt lookup has
+# text to copy, eviction has something to forget, batching has requests to overlap and prefix caching a system prompt
+# to share. (question, prose tokens placed before it, their offset, max new tokens): copying needs the longer output.
+ASSISTANT_TASKS = (
+    (CHAT_PROMPTS[0], 0, 0, 32),
+    (COPY_EDIT_PROMPTS[0], 0, 0, 64),
+    (CHAT_PROMPTS[2], 0, 0, 32),
+    ("Repeat the text above word for word.", 80, 1000, 64),
+    (CHAT_PROMPTS[4], 0, 0, 32),
+    (COPY_EDIT_PROMPTS[1], 0, 0, 64),
+)
+SYSTEM_PROSE = (96, 3000)  # tokens of the shared notes in the system prompt, and their offset in the prose
+
+
+@dataclass(frozen=True)
+class AssistantWorkload(RequestWorkload):
+    """Requests to one assistant: a shared system prompt (instructions plus prose notes), then each request's own
+    task from ``ASSISTANT_TASKS``."""
+
+    def build(self, tokenizer: PreTrainedTokenizerBase) -> list[tuple[list[int], int]]:
+        notes = tokenizer.decode(prose_tokens(tokenizer, SYSTEM_PROSE[1], SYSTEM_PROSE[0]))
+        system = f"You are a careful assistant. Answer briefly. Notes you may use:\n\n{notes}"
+        out = []
+        for i in range(self.num_requests):
+            question, n_ctx, offset, n_new = ASSISTANT_TASKS[i % len(ASSISTANT_TASKS)]
+            text = question if not n_ctx else tokenizer.decode(prose_tokens(tokenizer, offset, n_ctx)) + \
+                "\n\n" + question
+            out.append((encode_prompt(tokenizer, text, system=system), n_new))
+        return out
+
+
 REQUEST_WORKLOADS: dict[str, RequestWorkload] = {
     w.name: w
     for w in (
@@ -98,5 +130,8 @@ REQUEST_WORKLOADS: dict[str, RequestWorkload] = {
                         "question (~90% of prompt tokens shared), 32 new tokens",
                         16, context_tokens=(512, 512), new_tokens=(32, 32), shared_context=True,
                         questions=CHAT_PROMPTS[:4] + MORE_QUESTIONS),
+        AssistantWorkload("assistant", "6 requests to one assistant sharing a ~110-token system prompt: chat "
+                          "questions (32 new tokens) and copy/edit tasks (64) in turn: the default suite's workload",
+                          6, context_tokens=(0, 0), new_tokens=(32, 64), reference_prompts=2),
     )
 }

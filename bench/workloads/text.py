@@ -100,8 +100,10 @@ def quality_text(tokenizer: PreTrainedTokenizerBase, context: int, tokens: int) 
     return ids[:context], ids[context:]
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, system: str = "") -> list[int]:
+    """The ids of one user turn (after a ``system`` turn when given), through the chat template where there is one."""
     if getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                  tokenize=True, return_dict=False))
-    return tokenizer(text).input_ids
+        turns = [{"role": "system", "content": system}] if system else []
+        return list(tokenizer.apply_chat_template(turns + [{"role": "user", "content": text}],
+                                                  add_generation_prompt=True, tokenize=True, return_dict=False))
+    return tokenizer(f"{system}\n\n{text}" if system else text).input_ids

@@ -1,13 +1,15 @@
 """`hf-continuous`: the peer of `continuous` — transformers' own continuous-batching manager (paged cache,
 its scheduler, a background generation thread), fed requests as they arrive and streamed back token by token.
 
-Timestamps are taken when a streamed token reaches us (the client's view). EOS is disabled per request so each
-generates exactly its ``max_new_tokens``. If the installed transformers cannot run it on this device, the cell
-reports the error (status failed) rather than a number.
+Timestamps are taken when a streamed token reaches us (the client's view). EOS neither ends a request nor can be
+chosen, so each generates exactly its ``max_new_tokens`` tokens — the same rule as every other row. If the
+installed transformers cannot run it on this device, the cell reports the error (status failed) rather than a
+number.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -16,7 +18,7 @@ from transformers import PreTrainedModel
 
 from strategies.core.base import CacheStrategy, Emit, Generation, NewCache, RequestEngine
 from strategies.core.requests import Request, ServeClock, in_arrival_order
-from strategies.core.sampling import Sampling
+from strategies.core.sampling import Sampling, eos_ids
 from strategies.peers.hf_generate import HFGenerate
 
 
@@ -42,12 +44,17 @@ class HFContinuous(RequestEngine, HFGenerate):
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+        # EOS never ends a request (eos_token_id=-1) and is never chosen (suppress_tokens), as generate's
+        # min_new_tokens does for hf-generate: without the ban it emits EOS as a token and carries on past it.
         config = GenerationConfig(do_sample=not sampling.is_greedy, max_new_tokens=max(r.max_new_tokens
-                                  for r in requests), eos_token_id=-1, pad_token_id=0)
+                                  for r in requests), eos_token_id=-1, pad_token_id=0,
+                                  suppress_tokens=sorted(eos_ids(model)))
         if not sampling.is_greedy:
             config.temperature, config.top_p = sampling.temperature, sampling.top_p
         sizes = ContinuousBatchingConfig(num_blocks=self.num_blocks, max_batch_tokens=self.max_batch_tokens,
                                          max_requests_per_batch=self.max_batch)  # else it sizes to 60% of RAM
+        # it warns that it cannot vouch for SuppressTokensLogitsProcessor; tests/test_serving.py checks it
+        logging.getLogger("ContinuousBatchingLogger").setLevel(logging.ERROR)
         manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=sizes)
         outputs: list[list[int]] = [[] for _ in requests]
         emitted = [0] * len(requests)
