@@ -1,4 +1,4 @@
-"""Draft-then-verify, shared by every speculating decoder (speculative, prompt-lookup, lookahead).
+"""Draft-then-verify, shared by every speculating decoder (speculative, prompt-lookup; lookahead uses its stats).
 
 A *proposer* guesses up to ``k`` next tokens; the target scores the last token plus all guesses in ONE forward
 through its cache (explicit positions), keeps the accepted prefix plus one token of its own, and the cache is
