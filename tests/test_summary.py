@@ -128,3 +128,10 @@ def test_one_rate_per_line_is_not_a_sweep(tmp_path):
     rows = [serving("continuous", math.inf, 300, 50, 1.0), serving("sequential", math.inf, 300, 50, 1.0)]
     text = write_report(write(tmp_path / "run", rows)).read_text()
     assert "Max sustainable rate" not in text and "](rate-" not in text
+
+
+def test_the_serving_header_says_how_many_requests_each_served(tmp_path):
+    rows = [serving("continuous", math.inf, 900, 90, 1.0), serving("naive", math.inf, 9000, 400, 0.1)]
+    rows[1]["num_requests"] = 2  # naive is O(n²): it serves a workload's first few requests
+    text = write_report(write(tmp_path / "run", rows)).read_text()
+    assert "Serving (8 requests (naive: the first 2), rate inf/s" in text

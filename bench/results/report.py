@@ -137,7 +137,12 @@ def render(data: dict[str, Any], figures: list[tuple[str, str]] | None = None) -
         if any("goodput_rps" in r for r in group):
             r0 = next(r for r in group if "goodput_rps" in r)
             rates = sorted({fmt_rate(rate(r)) for r in group if "goodput_rps" in r and rate(r) is not None}, key=float)
-            out += [f"Serving ({r0.get('num_requests')} requests, rate {', '.join(rates)}/s, burstiness "
+            counts = {r.get("num_requests") for r in group if "goodput_rps" in r and r.get("strategy") != "naive"}
+            naive = next((r.get("num_requests") for r in group if r.get("strategy") == "naive"
+                          and r.get("num_requests") not in counts), None)
+            requests = "/".join(str(c) for c in sorted(counts, key=str)) + " requests" + (
+                f" (naive: the first {naive})" if naive else "")
+            out += [f"Serving ({requests}, rate {', '.join(rates)}/s, burstiness "
                     f"{r0.get('burstiness')}, SLO {r0.get('slo')}; latencies from each request's arrival):", "",
                     markdown_table(group, swept_columns(SERVING_TABLE, group)), ""]
             out += sweep_block(swept[(model, workload)]) if (model, workload) in swept else []
