@@ -64,8 +64,9 @@ def needle_heatmaps(data: dict[str, Any], out_dir: Path, limit: int = 12) -> lis
         lengths = lengths_of(rows)
         depths = sorted({int(m.group(2)) for r in rows for k in r if (m := CASE.match(k))})
         cols = min(4, len(rows))
-        fig, axes = plt.subplots(math.ceil(len(rows) / cols), cols, figsize=(3.2 * cols, 2.9 * math.ceil(
-            len(rows) / cols)), squeeze=False, gridspec_kw={"hspace": 0.55})  # room for two-line titles
+        nrows = math.ceil(len(rows) / cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.9 * nrows), squeeze=False,
+                                 gridspec_kw={"hspace": 0.55})  # room for two-line titles
         for ax in axes.flat[len(rows):]:
             ax.axis("off")
         for ax, r in zip(axes.flat, rows):
