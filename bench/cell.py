@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,10 @@ from bench.models import LoadedModel, load_model
 from bench.scenarios.prompts import run_prompts
 from bench.scenarios.requests import run_serving
 from bench.workloads.catalog import get_workload
-from strategies.core.base import Unsupported
+from strategies.core.base import StrategyFailed, Unsupported
 from strategies.core.sampling import Sampling
+from strategies.kernels.attention_impl import attention_unsupported, set_attention
+from strategies.kernels.compile_step import FixedCapacity, compile_unsupported, install
 from strategies.kernels.weight_layout import prepare_weights
 from strategies.registry import Composition, compose, params_label
 
@@ -75,6 +77,8 @@ class Cell:
     weights: str = "packed"  # packed: our strategies run oneDNN-packed fp32 linears (peers never); stock: as loaded
     max_concurrency: int = 0  # request workloads: at most N requests in flight (0: no limit)
     weight_quant: str = "none"  # weight-only int8/int4 linears (strategies/kernels/weight_quant.py)
+    attn: str = "sdpa"  # attention implementation (strategies/kernels/attention_impl.py)
+    compile: str = "none"  # torch.compile mode of the decode step (strategies/kernels/compile_step.py)
     target: str = ""  # openai:URL: a running server is measured instead of a strategy (bench/scenarios/endpoint.py)
     target_model: str = ""
 
@@ -87,16 +91,18 @@ class Cell:
     @property
     def reference_group(self) -> tuple:
         """Cells whose quality columns compare with the same reference tokens (and whose speedup shares a naive)."""
-        return (self.model, self.workload, self.dtype, self.weights, self.sampling, self.seed, self.device)
+        return (self.model, self.workload, self.dtype, self.weights, self.sampling, self.seed, self.device, self.attn)
 
     @property
     def is_reference(self) -> bool:
         """The in-process, full-precision reference (naive, or sequential on request workloads)."""
-        return self.strategy == reference_for(self.workload) and self.weight_quant == "none" and not self.target
+        return (self.strategy == reference_for(self.workload) and self.weight_quant == "none" and not self.target
+                and self.compile == "none")
 
     def reference_path(self) -> Path:
         safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{self.model}__{self.workload}")
         settings = f"{self.dtype}__{self.weights}__{self.seed}__{self.device}__{self.sampling or 'greedy'}"
+        settings += f"__{self.attn}" if self.attn != SETTINGS["attn"] else ""  # one reference per attention
         safe_settings = "".join(c if c.isalnum() or c in "-._" else "_" for c in settings)
         return Path(self.out_dir) / ".reference" / f"{safe}__{safe_settings}.pt"
 
@@ -104,7 +110,7 @@ class Cell:
         return {"model": self.model, "workload": self.workload, "strategy": self.strategy,
                 "params": params_label(self.params), "repeats": self.repeats, "seed": self.seed,
                 "sampling": self.sampling or "greedy", "dtype": self.dtype, "device": self.device,
-                "weights": "stock",
+                "weights": "stock", "attn": self.attn, "compile": self.compile,
                 "threads": self.threads or torch.get_num_threads(), "torch_version": torch.__version__,
                 "transformers_version": transformers.__version__, "kvbench_version": env.kvbench_version(),
                 # per row too, so a row read apart from its file's environment still says what ran it
@@ -145,6 +151,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if cell.target:
         return run_target_cell(cell, row)
     comp = compose(cell.strategy, cell.params)
+    if reason := attention_unsupported(cell.attn, comp.decoder.name, comp.decoder.peer):
+        raise Unsupported(reason)
     # quantized weights change the model: its tokens are measured against the full-precision reference, not required
     row["lossless"] = comp.lossless and cell.weight_quant == "none"
     workload = get_workload(cell.workload)
@@ -157,17 +165,38 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     row["load_s"] = time.perf_counter() - t0
     model = loaded.model
     rss_after_load = peak_rss_mb()
-    row.update(prepare_weights(model, cell.weights, cell.weight_quant, comp.decoder.peer))
+    serving = getattr(workload, "is_request_workload", False)
+    if reason := compile_unsupported(cell.compile, comp.decoder.name, comp.decoder.params(),
+                                     comp.cache.name if comp.cache else None, model, cell.device, not serving):
+        raise Unsupported(reason)
+    row.update(prepare_weights(model, cell.weights, cell.weight_quant, comp.decoder.peer, cell.compile != "none"))
+    row["attn"] = set_attention(model, cell.attn)
     if comp.cache is not None and (reason := comp.cache.supports(model)):
         raise Unsupported(f"{comp.cache.name} does not support {cell.model}: {reason}")
     # Drafts are built here, after packing (a bf16 draft packs like its target) and before any warm-up.
     comp.decoder.prepare(model, load=lambda spec: load_model(spec, cell.dtype, cell.device, cell.seed).model)
+    if cell.compile != "none":
+        comp, row["compile_s"] = compile_decode(cell, comp, loaded, workload)
     # a request workload (arrivals, many requests) is measured as a server is: bench/scenarios/requests.py
-    scenario = run_serving if getattr(workload, "is_request_workload", False) else run_prompts
+    scenario = run_serving if serving else run_prompts
     reset_cuda_peaks(cell.device)
     figures, spreads, samples, tokens = scenario(cell, comp, loaded, workload, sampling)
     row.update(figures)
     return finish_row(cell, comp, loaded, workload, sampling, row, tokens, spreads, samples, rss_after_load)
+
+
+def compile_decode(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any) -> tuple[Composition, float]:
+    """Compile the decode step before anything is timed: every cache of the cell gets one capacity (the longest
+    prompt + new tokens), and three untimed decode steps trace and compile it; their wall time is ``compile_s``."""
+    prompts = workload.prompts(loaded.tokenizer)
+    comp = replace(comp, cache=FixedCapacity(comp.cache, max(map(len, prompts)) + workload.max_new_tokens - 1))
+    compiled = install(loaded.model, cell.compile, cell.attn)
+    comp.decoder.generate(loaded.model, comp.cache_factory(loaded.model), prompts[:1], 4, Sampling.parse(""),
+                          lambda i, t: None)
+    if not compiled.calls:
+        raise StrategyFailed("the compiled decode step never ran (the lean path did not take this cache)")
+    compiled.seal()
+    return comp, compiled.compile_s
 
 
 def finish_row(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, sampling: Sampling,

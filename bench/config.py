@@ -26,6 +26,8 @@ DEFAULT_WORKLOADS = "assistant"
 DEFAULT_PARAMS = ("sinks.window=32", "speculative.draft=int8")
 WEIGHTS = ("packed", "stock", "auto")
 WEIGHT_QUANTS = ("none", "int8", "int4")
+ATTNS = ("sdpa", "eager")  # strategies/kernels/attention_impl.py
+COMPILE_MODES = ("none", "default", "max-autotune", "reduce-overhead")  # strategies/kernels/compile_step.py
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 GOODPUT_KEYS = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2el": "e2el_ms"}
 
@@ -69,6 +71,11 @@ OPTIONS: tuple[Option, ...] = (
            "sweeps"),
     Option("weight_quant", "strs", ["none"], "weight-only quantization of every linear (activations stay float): "
            "none, int8 (per channel) or int4 (per group of 64 or 32); comma list sweeps"),
+    Option("attn", "strs", ["sdpa"], "attention implementation of the model and of our lean decode step: sdpa or "
+           "eager; comma list sweeps"),
+    Option("compile", "strs", ["none"], "torch.compile of the decode step over a fixed-capacity cache (step over "
+           "full or static; other strategies are skipped): none, default, max-autotune or reduce-overhead (CUDA "
+           "graphs, CUDA only); compile time is the compile_s column, never timed; comma list sweeps"),
     Option("threads", "int", 0, "torch threads per cell (0: torch's default)"),
     Option("out", "path", None, "run directory (default reports/<run-id>, linked as reports/latest)"),
     Option("resume", "bool", False, "run only the cells of --out not yet ok (a cell is its model, workload, "
@@ -119,6 +126,8 @@ class RunSettings:
     device: str = "cpu"
     weights: list[str] = field(default_factory=lambda: ["packed"])
     weight_quant: list[str] = field(default_factory=lambda: ["none"])
+    attn: list[str] = field(default_factory=lambda: ["sdpa"])
+    compile: list[str] = field(default_factory=lambda: ["none"])
     threads: int = 0
     out: Path | None = None
     resume: bool = False

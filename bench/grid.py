@@ -1,7 +1,7 @@
 """RunSettings -> the cells to run: every value checked first (a bad one is one line naming the allowed values,
-before any cell starts), then the cross product model × workload × dtype × weights × rate × concurrency × strategy ×
-params. Serving settings (rate, burstiness, concurrency, number of requests) vary request workloads only: a prompt
-workload gets one cell, not one identical cell per rate.
+before any cell starts), then the cross product model × workload × dtype × weights × weight quant × attn × compile ×
+rate × concurrency × strategy × params. Serving settings (rate, burstiness, concurrency, number of requests) vary
+request workloads only: a prompt workload gets one cell, not one identical cell per rate.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from bench.cell import Cell
-from bench.config import DEVICE, WEIGHT_QUANTS, WEIGHTS, ConfigError, RunSettings
+from bench.config import ATTNS, COMPILE_MODES, DEVICE, WEIGHT_QUANTS, WEIGHTS, ConfigError, RunSettings
 from bench.key import SETTINGS
 
 
@@ -38,6 +38,12 @@ def check_values(s: RunSettings) -> None:
     for quant in s.weight_quant:
         if quant not in WEIGHT_QUANTS:
             raise ConfigError(f"unknown --weight-quant {quant!r}; allowed: {', '.join(WEIGHT_QUANTS)}")
+    for attn in s.attn:
+        if attn not in ATTNS:
+            raise ConfigError(f"unknown --attn {attn!r}; allowed: {', '.join(ATTNS)}")
+    for mode in s.compile:
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"unknown --compile {mode!r}; allowed: {', '.join(COMPILE_MODES)}")
     if s.target and not s.target.startswith("openai:"):
         raise ConfigError(f"unknown --target {s.target!r}; allowed: openai:http://HOST:PORT/v1")
     if not DEVICE.match(s.device):
@@ -108,13 +114,15 @@ def build_cells(s: RunSettings, check_context: bool = True) -> list[Cell]:
     if check_context:
         check_models(s, workloads)
     cells: dict[str, Cell] = {}
-    for m, w, dtype, weights, quant, rate, conc in itertools.product(
-            s.model, workloads, s.dtype, s.weights, s.weight_quant, s.request_rate, s.max_concurrency):
+    for m, w, dtype, weights, quant, attn, mode, rate, conc in itertools.product(
+            s.model, workloads, s.dtype, s.weights, s.weight_quant, s.attn, s.compile, s.request_rate,
+            s.max_concurrency):
         serving = getattr(w, "is_request_workload", False)
         for spec, params in grid:
             cell = Cell(model=m, workload=w.name, strategy=spec, params=params, repeats=s.repeats, seed=s.seed,
                         dtype=dtype, device=s.device, threads=s.threads, sampling=s.sampling,
                         quality=not s.no_quality, slo=s.slo_text, weights=weights, weight_quant=quant,
+                        attn=attn, compile=mode,
                         target=s.target, target_model=s.target_model,
                         request_rate=rate if serving else math.inf,
                         burstiness=s.burstiness if serving else SETTINGS["burstiness"],
@@ -123,5 +131,9 @@ def build_cells(s: RunSettings, check_context: bool = True) -> list[Cell]:
             cells.setdefault(cell.key, cell)
     out = list(cells.values())
     if not s.no_reference:
-        out = with_reference(out)
+        # the reference is never compiled: its groups are found among the cells as they would run uncompiled
+        uncompiled = [u for u, c in zip([replace(c, compile="none") for c in out], out)
+                      if c.compile == "none" or not u.is_reference]  # a compiled naive is a row (skipped), not one
+        added = with_reference(uncompiled)
+        out = [c for c in added[: len(added) - len(uncompiled)] if c.key not in cells] + out
     return [replace(c, repeats=s.naive_repeats) if c.is_reference else c for c in out]

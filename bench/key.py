@@ -17,6 +17,8 @@ SETTINGS: dict[str, Any] = {
     "dtype": "float32",
     "weights": "packed",
     "weight_quant": "none",
+    "attn": "sdpa",  # transformers' default for llama-family models and what the lean decode step always ran
+    "compile": "none",
     "sampling": "",  # greedy
     "seed": 0,
     "request_rate": math.inf,
@@ -31,9 +33,10 @@ SETTINGS: dict[str, Any] = {
 # Settings of request workloads only: a prompt workload's cell never varies them (they are left at their defaults).
 SERVING = ("request_rate", "burstiness", "max_concurrency", "num_requests")
 # Rows record what actually ran under these names (a peer runs "stock" weights under --weights packed; num_requests is
-# the count served; threads the count torch used), so a row written before rows carried ``cell_key`` cannot tell the
-# requested value: the default (compare pairs such a row with a current cell that differs in threads only).
-RECORDED_AS_RUN = ("weights", "num_requests", "max_concurrency", "threads")
+# the count served; threads the count torch used; attn what transformers' forward ran), so a row written before rows
+# carried ``cell_key`` cannot tell the requested value: the default (compare pairs such a row with a current cell that
+# differs in threads only).
+RECORDED_AS_RUN = ("weights", "num_requests", "max_concurrency", "threads", "attn")
 
 
 def canonical(name: str, value: Any) -> str:

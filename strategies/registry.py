@@ -40,6 +40,7 @@ from strategies.peers.hf_continuous import HFContinuous
 from strategies.peers.hf_generate import HFGenerate
 from strategies.peers.hf_own_caches import HFQuantized, HFStatic
 from strategies.peers.llamacpp import LlamaCpp
+from strategies.peers.onnxruntime import OnnxRuntime
 from strategies.scheduling.continuous import ContinuousBatching
 from strategies.scheduling.sequential import Sequential
 from strategies.scheduling.static_batch import StaticBatch
@@ -72,6 +73,7 @@ REGISTRY: dict[str, type[Strategy]] = {
     "hf-assisted": HFAssisted,
     "hf-prompt-lookup": HFPromptLookup,
     "llamacpp": LlamaCpp,
+    "onnxruntime": OnnxRuntime,
     "sequential": Sequential,
     "static-batch": StaticBatch,
     "continuous": ContinuousBatching,

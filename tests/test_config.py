@@ -136,7 +136,8 @@ def test_keys_differ_in_every_setting_and_default_cells_keep_their_old_key():
     assert base.key == "m|w|full|"  # what results files have always used
     changed = {"dtype": "bfloat16", "weights": "stock", "sampling": "temperature=0.7", "seed": 1, "request_rate": 4.0,
                "burstiness": 0.5, "max_concurrency": 8, "num_requests": 4, "threads": 1, "device": "cuda",
-               "weight_quant": "int8", "target": "openai:http://127.0.0.1:8000/v1", "target_model": "m"}
+               "weight_quant": "int8", "target": "openai:http://127.0.0.1:8000/v1", "target_model": "m",
+               "attn": "eager", "compile": "default"}
     assert set(changed) == set(SETTINGS)
     keys = {Cell("m", "w", "full", **{k: v}).key for k, v in changed.items()}
     assert len(keys) == len(changed) and base.key not in keys

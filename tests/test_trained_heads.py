@@ -134,3 +134,14 @@ def test_medusa_on_the_real_model_is_token_exact_over_full_and_paged(smol, smol_
     for spec in ("medusa", "medusa+paged"):
         assert generate(model, spec, smol_prompts[:1], MAX_NEW, {"medusa": {"heads": 2, "tree": "3,2",
                                                                             "steps": 1}}) == reference
+
+
+def test_a_tree_on_the_command_line_is_one_row_written_with_slashes():
+    from strategies.decoding.tree import parse_widths
+    from strategies.registry import parse_params
+
+    assert parse_params(["medusa.tree=2/1/1", "eagle.tree=3/2/1/1,1/1"]) == {
+        "medusa": {"tree": ["2/1/1"]}, "eagle": {"tree": ["3/2/1/1", "1/1"]}}
+    assert parse_widths("3/2/1/1") == parse_widths("3,2,1,1") == (3, 2, 1, 1)
+    with pytest.raises(ValueError, match=r"tree must be whole numbers >= 1 separated by / .* got '2/0'"):
+        parse_widths("2/0")

@@ -113,10 +113,13 @@ def device_block(group: list[dict[str, Any]]) -> list[str]:
 
 
 def swept_columns(columns: list[tuple[str, str, str]], group: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """``columns`` with the run settings the group sweeps (rate, concurrency, dtype, weights) after params."""
+    """``columns`` with the run settings the group sweeps (rate, concurrency, dtype, weights...) after params, and the
+    compile time where a decode step was compiled (apart from every timed column)."""
     varied = [(c, h, "{}") for c, h in (("request_rate", "rate req/s"), ("max_concurrency", "concurrency"),
-                                        ("dtype", "dtype"), ("weights", "weights"), ("weight_quant", "weight quant"))
+                                        ("dtype", "dtype"), ("weights", "weights"), ("weight_quant", "weight quant"),
+                                        ("attn", "attn"), ("compile", "compile"))
               if len({str(r.get(c)) for r in group}) > 1]
+    varied += [("compile_s", "compile s", "{:.1f}")] if any("compile_s" in r for r in group) else []
     return columns[:2] + varied + columns[2:]
 
 

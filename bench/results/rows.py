@@ -38,7 +38,7 @@ TEXT = {"model", "workload", "strategy", "params", "status", "error", "sampling"
         "decode_forward", "slo", "torch_version", "transformers_version", "kvbench_version", "python_version",
         "python", "cpu", "cpu_capability", "gpu", "git_rev", "platform", "run_id", "command", "energy_source",
         "energy_note", "nvml_error", "weight_quant", "target", "target_model", "failed_by_reason", "failure_example",
-        "output_tokens_source", "cell_key", "prompt_format"}
+        "output_tokens_source", "cell_key", "prompt_format", "attn", "compile"}
 TIMED = ["tokens_per_s", "ttft_ms", "tpot_ms", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms", "e2e_ms"]
 
 

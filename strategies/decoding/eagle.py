@@ -38,7 +38,7 @@ class Eagle(TreeSpeculator):
 
     depth: int = field(default=5, metadata={"help": "draft steps per verify (tree depth), >= 1"})
     topk: int = field(default=3, metadata={"help": "candidates kept per depth, >= 1"})
-    tree: str = field(default="", metadata={"help": "candidates per depth, comma-separated (overrides depth/topk)"})
+    tree: str = field(default="", metadata={"help": "candidates per depth, e.g. 2/2/1/1 (overrides depth/topk)"})
     heads: int = field(default=4, metadata={"help": "the trained draft to load: the depth it was unrolled over"})
     steps: int = field(default=DEFAULT_STEPS, metadata={"help": "training steps of the draft to load, >= 1"})
 

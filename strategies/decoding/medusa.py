@@ -38,8 +38,8 @@ class Medusa(TreeSpeculator):
 
     heads: int = field(default=4, metadata={"help": "trained heads (tokens proposed beyond the next), >= 1"})
     tree: str = field(default="", metadata={
-        "help": "candidates per depth along the best path, comma-separated, at most `heads` depths "
-                "(default 4,3,2,2 cut or padded with 1s to `heads`)"})
+        "help": "candidates per depth along the best path, e.g. 2/1/1/1, at most `heads` depths "
+                "(default 4/3/2/2 cut or padded with 1s to `heads`)"})
     steps: int = field(default=DEFAULT_STEPS, metadata={"help": "training steps of the heads to load, >= 1"})
 
     @property

@@ -25,6 +25,7 @@ from strategies.core.base import CacheStrategy, DecodingStrategy, Emit, Generati
 from strategies.core.forward import forward_logits, prefill
 from strategies.core.requests import Request, ServeClock, serve_one_by_one
 from strategies.core.sampling import Sampling, draw, eos_ids
+from strategies.kernels.lean_verify import lean_hidden
 
 
 class Proposer(Protocol):
@@ -145,7 +146,11 @@ def verify_logits(model: PreTrainedModel, cache: Cache | None, seq: torch.Tensor
     """Target logits [m+1, vocab] after ``seq[length-1]`` and each of the ``m`` drafts behind it, one forward."""
     if cache is None:  # naive: recompute the whole sequence
         return forward_logits(model, seq[:, : length + m], None, 0, all_logits=True)[length - 1 :]
-    return forward_logits(model, seq[:, length - 1 : length + m], cache, length - 1, all_logits=True)
+    ids = seq[:, length - 1 : length + m]
+    hidden = lean_hidden(model, cache, ids, torch.arange(length - 1, length + m, device=ids.device)[None])
+    if hidden is not None:  # the lean path: transformers' per-call overhead is most of a verify's extra cost
+        return model.get_output_embeddings()(hidden).float()
+    return forward_logits(model, ids, cache, length - 1, all_logits=True)
 
 
 def speculate(model: PreTrainedModel, cache: Cache | None, prompt: list[int], max_new_tokens: int,

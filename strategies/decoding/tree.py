@@ -30,6 +30,7 @@ from strategies.core.base import CacheStrategy, DecodingStrategy, Emit, Generati
 from strategies.core.requests import Request, ServeClock, serve_one_by_one
 from strategies.core.sampling import Sampling, draw, eos_ids
 from strategies.decoding.speculation import SpeculationStats, plain_step_seconds
+from strategies.kernels.lean_verify import lean_hidden
 from strategies.training import store
 from strategies.training.data import hidden_and_logits
 from strategies.training.heads import Heads
@@ -37,10 +38,11 @@ from strategies.training.store import DEFAULT_STEPS
 
 
 def parse_widths(spec: str, name: str = "tree") -> tuple[int, ...]:
-    """'4,3,2,2' -> (4, 3, 2, 2): candidates kept per depth. ValueError names the allowed form."""
-    parts = [p.strip() for p in str(spec).split(",")]
+    """'4/3/2/2' or '4,3,2,2' -> (4, 3, 2, 2): candidates kept per depth. '/' because on the command line a comma
+    in ``--param`` makes rows. ValueError names the allowed form."""
+    parts = [p.strip() for p in str(spec).replace("/", ",").split(",")]
     if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
-        raise ValueError(f"{name} must be comma-separated whole numbers >= 1 (candidates per depth, e.g. 4,3,2), "
+        raise ValueError(f"{name} must be whole numbers >= 1 separated by / (candidates per depth, e.g. 4/3/2), "
                          f"got {spec!r}")
     return tuple(int(p) for p in parts)
 
@@ -173,8 +175,7 @@ def tree_generate(model: PreTrainedModel, cache: Cache, prompt: list[int], max_n
         depths = [d for d, _ in step_shape.nodes]
         pos = torch.tensor([list(range(past, past + len(chain))) + [length - 1 + d for d in depths]], device=device)
         mask = tree_mask(step_shape, past, len(chain), model.dtype, device)
-        hidden, logits = hidden_and_logits(model, ids, cache, position_ids=pos,
-                                           attention_mask=mask)
+        hidden, logits = verify_forward(model, cache, ids, pos, mask)
 
         dist_at = functools.partial(_distribution, sampling, logits, seq[0, :length], banned, len(chain))
         path, token = accept_tree(step_shape, tokens, dist_at, gen)
@@ -189,6 +190,16 @@ def tree_generate(model: PreTrainedModel, cache: Cache, prompt: list[int], max_n
         emit(new)
     return seq[0, n:].tolist()
 
+
+
+def verify_forward(model: PreTrainedModel, cache: Cache, ids: torch.Tensor, pos: torch.Tensor,
+                   mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(post-norm hidden [n, hidden], logits [n, vocab]) in fp32 of the tree forward: the lean path where it
+    covers model and cache, transformers' forward otherwise."""
+    hidden = lean_hidden(model, cache, ids, pos, mask)
+    if hidden is None:
+        return hidden_and_logits(model, ids, cache, position_ids=pos, attention_mask=mask)
+    return hidden.float(), model.get_output_embeddings()(hidden).float()
 
 
 def _distribution(sampling: Sampling, logits: torch.Tensor, done: torch.Tensor, banned: list[int], chain: int,

@@ -51,16 +51,18 @@ def probe_layouts(model: nn.Module, passes: int = PROBE_PASSES) -> dict[str, flo
     return {"stock_ms": _time_pass(stock, passes), "packed_ms": _time_pass(onednn, passes)}
 
 
-def prepare_weights(model: nn.Module, layout: str, weight_quant: str, peer: bool) -> dict[str, Any]:
+def prepare_weights(model: nn.Module, layout: str, weight_quant: str, peer: bool, compiled: bool = False
+                    ) -> dict[str, Any]:
     """Lay out ``model``'s weights in place; returns the row's fields: ``weights`` (the layout used),
     ``weight_quant``, ``weight_bytes`` (read per decode step) and, for ``auto``, the probe's timings.
 
     Peers (transformers' own paths) never get our packing — "ours vs the library" includes that kernel choice —
-    but do get the weight quantization, so a quantized row compares like with like."""
+    but do get the weight quantization, so a quantized row compares like with like. A ``compiled`` decode step
+    (--compile) runs stock weights too: inductor cannot trace oneDNN's opaque packed tensors."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown weights layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
     fields: dict[str, Any] = {"weights": "stock", "weight_quant": weight_quant}
-    if weight_quant == "none" and not peer and can_pack(model):
+    if weight_quant == "none" and not peer and not compiled and can_pack(model):
         chosen = layout
         if layout == "auto":
             probe = probe_layouts(model)

@@ -114,5 +114,5 @@ def train(model: torch.nn.Module, kind: str, num_heads: int, train_set: Features
     agreement, heldout_loss = evaluate(heads, heldout, table)
     nbytes = sum(p.numel() * p.element_size() for p in heads.parameters())
     report = TrainReport(kind, num_heads, steps, len(train_set), len(heldout), time.perf_counter() - t0,
-                         float(loss), agreement, heldout_loss, nbytes)
+                         float(loss.detach()), agreement, heldout_loss, nbytes)
     return heads, report
