@@ -91,7 +91,7 @@ def _group(row: dict[str, Any]) -> tuple:
 
 
 # Settings whose rows are measured against the full-precision, in-process naive (what they buy and cost).
-AGAINST_FULL = ("weight_quant", "target", "target_model")
+AGAINST_FULL = ("weight_quant", "compile", "target", "target_model")
 
 
 def finish_rows(records: list[dict[str, Any]], read_gbps: float = float("nan")) -> None:
