@@ -105,3 +105,18 @@ def test_report_shows_output_length_inflation_only_when_some_strategy_differs():
 def test_pareto_front_keeps_only_unbeaten_points():
     points = [(1.0, 0.9), (2.0, 0.9), (2.0, 0.5), (4.0, 0.7), (3.0, 0.6), (8.0, 0.1)]
     assert pareto_front(points) == [(2.0, 0.9), (4.0, 0.7), (8.0, 0.1)]
+
+
+def test_smallest_budget_names_the_pick_or_every_setting_tried():
+    from bench.results.quality_tables import smallest_budget
+
+    def row(strategy, params, ratio, acc, lp, lossless=False):
+        return {"strategy": strategy, "params": params, "compression_ratio": ratio, "lossless": lossless,
+                "retrieval_acc": acc, "retrieval_acc@1024": acc, "answer_logprob@1024": lp, "retrieval_hit@1024:0": 1}
+
+    full = row("full", "", 1.0, 1.0, -0.3, lossless=True)
+    rows = [full, row("snapkv", "b=0.5", 2.0, 0.6, -3.0), row("snapkv", "b=0.9", 1.1, 1.0, -0.31),
+            row("h2o", "b=0.5", 2.0, 0.0, -13.0), row("h2o", "b=0.9", 1.1, 0.8, -1.0)]
+    text = "\n".join(smallest_budget(rows))
+    assert "| snapkv | b=0.9 (1.1×) / b=0.9 (1.1×) |" in text
+    assert "| h2o | none of b=0.5, b=0.9 kept it / none of b=0.5, b=0.9 kept it |" in text

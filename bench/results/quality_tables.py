@@ -52,13 +52,15 @@ def smallest_budget(group: list[dict[str, Any]]) -> list[str]:
            head, "|" + "---|" * (len(lengths) + 1)]
     for family in sorted({r["strategy"] for r in lossy}):
         rows = sorted((r for r in lossy if r["strategy"] == family), key=lambda r: -num(r["compression_ratio"]))
+        # When none keeps it, say which settings were tried: the answer is "a budget above these".
+        tried = "none of " + ", ".join(r.get("params") or "default" for r in rows) + " kept it"
         cells = []
         for n in lengths:
             picks = []
             for which in (0, 1):
                 best = next((r for r in rows if keeps(r, full, f"@{n}")[which]), None)
                 picks.append(f"{best.get('params') or 'default'} ({num(best['compression_ratio']):.1f}×)"
-                             if best else "no setting tried")
+                             if best else tried)
             cells.append(" / ".join(picks))
         out.append(f"| {family} | " + " | ".join(cells) + " |")
     return out + [""]
