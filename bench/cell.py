@@ -14,18 +14,17 @@ import transformers
 
 from bench import env
 from bench.key import SETTINGS, cell_key
+from bench.measure.output_length import generate_with_eos, length_columns
 from bench.measure.quality import (
     KL_POSITIONS,
     agreement,
     eos_ids,
     mean_kl,
-    output_lengths,
     perplexity,
     ppl_delta_ci,
     ppl_delta_pct,
     quality_window,
     target_logprobs,
-    tokens_before_eos,
 )
 from bench.measure.retrieval import compare_with_reference, retrieval_columns, score_cases
 from bench.measure.timing import (
@@ -37,7 +36,7 @@ from bench.scenarios.prompts import run_prompts
 from bench.scenarios.requests import run_serving
 from bench.workloads.catalog import get_workload
 from strategies.core.base import StrategyFailed, Unsupported
-from strategies.core.sampling import Sampling
+from strategies.core.sampling import GREEDY, Sampling
 from strategies.kernels.attention_impl import attention_unsupported, set_attention
 from strategies.kernels.compile_step import FixedCapacity, compile_unsupported, install
 from strategies.kernels.weight_layout import prepare_weights
@@ -226,7 +225,7 @@ def quality(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, t
     output lengths before EOS, and on retrieval workloads the retrieval scores (bench/measure/retrieval.py)."""
     model, tokenizer = loaded.model, loaded.tokenizer
     eos = eos_ids(model, tokenizer)
-    out: dict[str, Any] = output_lengths(tokens, eos)
+    out: dict[str, Any] = {}
     saved: dict[str, Any] = {"tokens": tokens}  # without quality scoring, the reference holds tokens only
     if with_ppl:
         context, continuation = quality_window(workload, tokenizer)
@@ -241,19 +240,27 @@ def quality(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, t
                 comp.decoder.score(model, comp.cache_factory(model), prompt, answer)))
             out.update(retrieval_columns(saved["retrieval"]))
     path = cell.reference_path()
+    lengths = with_ppl and not any(getattr(workload, f"is_{kind}_workload", False) for kind in ("request", "retrieval"))
     if cell.is_reference:
+        if lengths:
+            saved["eos_tokens"] = generate_with_eos(comp, model, workload.prompts(tokenizer)[: len(tokens)],
+                                                    workload.max_new_tokens, GREEDY)
+            out.update(length_columns(saved["eos_tokens"], eos, saved["eos_tokens"]))
         save_reference(path, saved)
         exact = {"ppl_delta_pct": 0.0, "kl_vs_naive": 0.0, "ppl_delta_ci_low": 0.0, "ppl_delta_ci_high": 0.0,
                  "ppl_delta_significant": False} if with_ppl else {}
-        return {**out, **exact, "greedy_agreement": 1.0, "first_divergence": -1, "output_length_ratio": 1.0}
+        return {**out, **exact, "greedy_agreement": 1.0, "first_divergence": -1}
     if not path.exists():
         return out
     ref = torch.load(path)
+    lossy = not (comp.lossless and cell.weight_quant == "none")
+    if lengths and lossy and not comp.decoder.peer and ref.get("eos_tokens"):
+        mine = generate_with_eos(comp, model, workload.prompts(tokenizer)[: len(ref["eos_tokens"])],
+                                 workload.max_new_tokens, GREEDY)
+        out.update(length_columns(mine, eos, ref["eos_tokens"]))
     frac, out["first_divergence"] = agreement(ref["tokens"], tokens[: len(ref["tokens"])])
     if not math.isnan(frac):
         out["greedy_agreement"] = frac
-    if ref_lengths := sum(tokens_before_eos(ref["tokens"], eos)):  # compression is known to lengthen outputs
-        out["output_length_ratio"] = sum(tokens_before_eos(tokens[: len(ref["tokens"])], eos)) / ref_lengths
     if with_ppl and "targets" in ref and len(ref["targets"]) == len(targets):
         out["ppl_delta_pct"] = ppl_delta_pct(ref["targets"], targets)
         low, high = ppl_delta_ci(ref["targets"], targets)

@@ -7,9 +7,9 @@ import math
 
 import torch
 
+from bench.measure.output_length import length_columns
 from bench.measure.quality import (
     LONG_WINDOW,
-    output_lengths,
     perplexity,
     ppl_delta_ci,
     ppl_delta_pct,
@@ -76,8 +76,10 @@ def test_long_workloads_score_a_long_window_and_smoke_keeps_its_short_one(tiny):
 
 def test_tokens_before_eos_count_up_to_the_first_eos_or_all():
     assert tokens_before_eos([[5, 6, 2, 7], [5, 6, 7], [2]], {2}) == [2, 3, 0]
-    assert output_lengths([[5, 6, 2, 7], [5, 6, 7]], {2, 9}) == {"tokens_before_eos": 2.5, "eos_rate": 0.5}
-    assert output_lengths([], {2}) == {}
+    assert length_columns([[5, 6, 2, 7], [5, 6, 7]], {2, 9}, None) == {"tokens_before_eos": 2.5, "eos_rate": 0.5}
+    assert length_columns([[5, 6, 2, 7], [5, 6, 7]], {2}, [[5, 2, 0, 0], [5, 6, 7]]) == {
+        "tokens_before_eos": 2.5, "eos_rate": 0.5, "output_length_ratio": 5 / 4}
+    assert length_columns([], {2}, None) == {}
 
 
 def _row(strategy: str, delta: float, low: float, high: float, **extra) -> dict:
@@ -95,11 +97,12 @@ def test_report_marks_intervals_holding_zero_as_not_significant():
     assert "| naive |" not in text  # the reference is 0 by construction
 
 
-def test_report_shows_output_length_inflation_only_when_some_strategy_differs():
-    same = [_row("full", 0, 0, 0, output_length_ratio=1.0, tokens_before_eos=12.0, eos_rate=1.0)]
-    assert "Output length" not in "\n".join(quality_sections(same))
-    longer = same + [_row("sinks", 1, 0.5, 2, output_length_ratio=1.25, tokens_before_eos=15.0, eos_rate=0.5)]
-    assert "| sinks |  | 15.0 | 0.50 | 1.250 |" in "\n".join(quality_sections(longer))
+def test_report_shows_output_lengths_once_a_lossy_row_was_measured():
+    reference = [_row("naive", 0, 0, 0, tokens_before_eos=12.0, eos_rate=1.0)]
+    assert "Output length" not in "\n".join(quality_sections(reference))
+    longer = reference + [_row("sinks", 1, 0.5, 2, output_length_ratio=1.25, tokens_before_eos=15.0, eos_rate=0.5)]
+    text = "\n".join(quality_sections(longer))
+    assert "| naive |  | 12.0 | 1.00 | reference |" in text and "| sinks |  | 15.0 | 0.50 | 1.250 |" in text
 
 
 def test_pareto_front_keeps_only_unbeaten_points():
@@ -120,3 +123,41 @@ def test_smallest_budget_names_the_pick_or_every_setting_tried():
     text = "\n".join(smallest_budget(rows))
     assert "| snapkv | b=0.9 (1.1×) / b=0.9 (1.1×) |" in text
     assert "| h2o | none of b=0.5, b=0.9 kept it / none of b=0.5, b=0.9 kept it |" in text
+
+
+def test_eos_allowed_pass_stops_where_the_banned_run_went_on(smol, smol_prompts):
+    """The timed run bans EOS; the output-length pass lets the model choose it. Up to that EOS both are the same
+    greedy tokens, and the banned run never holds one."""
+    from bench.measure.output_length import generate_with_eos
+    from bench.measure.quality import eos_ids, tokens_before_eos
+    from strategies.core.sampling import GREEDY
+    from strategies.registry import compose
+
+    comp, eos = compose("full", {}), eos_ids(smol.model, smol.tokenizer)
+    banned = comp.decoder.generate(smol.model, comp.cache_factory(smol.model), smol_prompts[:1], 40, GREEDY,
+                                   lambda i, t: None).tokens
+    allowed = generate_with_eos(comp, smol.model, smol_prompts[:1], 40, GREEDY)
+    stop = tokens_before_eos(allowed, eos)[0]
+    assert stop < 40 and allowed[0][stop] in eos  # "The capital of France is Paris." then EOS
+    assert allowed[0][:stop] == banned[0][:stop] and not set(banned[0]) & eos
+
+
+def test_rows_report_output_lengths_for_the_reference_and_lossy_caches(tmp_path, monkeypatch):
+    from bench.cell import Cell, run_cell
+    from bench.workloads import prompts
+
+    chatty = prompts.Workload("eos-test", "one question, EOS allowed in the length pass",
+                              (prompts.Message("What is the capital of France?"),), max_new_tokens=24,
+                              quality_context=16, quality_tokens=8)
+    monkeypatch.setitem(prompts.WORKLOADS, chatty.name, chatty)
+
+    def cell(strategy, params=None):
+        return run_cell(Cell(model="smollm2-135m", workload=chatty.name, strategy=strategy, params=params or {},
+                             repeats=1, out_dir=str(tmp_path)))["row"]
+
+    naive, full = cell("naive"), cell("full")
+    window = cell("sliding-window", {"sliding-window": {"window": 4, "reserve": 0}})
+    assert 0 < naive["tokens_before_eos"] < 24 and naive["eos_rate"] == 1.0
+    assert "output_length_ratio" not in full  # lossless: its tokens are checked equal to the reference's instead
+    assert window["output_length_ratio"] == window["tokens_before_eos"] / naive["tokens_before_eos"]
+    assert window["tokens_before_eos"] != naive["tokens_before_eos"]  # 4 entries of context: it does not stop alike

@@ -81,9 +81,8 @@ def ppl_delta_ci(reference: torch.Tensor, strategy: torch.Tensor, resamples: int
 
 
 def tokens_before_eos(tokens: list[list[int]], eos: set[int]) -> list[int]:
-    """Per generation, the tokens before the first EOS (all of them when none came: censored at max_new). Greedy
-    tokens before an EOS are the same whether or not generation stops there, so fixed-length generations give
-    the EOS-allowed lengths."""
+    """Per generation, the tokens before the first EOS (all of them when none came: censored at max_new). Only
+    generations with EOS allowed can hold one (bench/measure/output_length.py): timed runs ban it."""
     return [next((i for i, t in enumerate(g) if t in eos), len(g)) for g in tokens]
 
 
@@ -100,12 +99,3 @@ def eos_ids(model: Any, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     ids = getattr(config, "eos_token_id", None)
     out = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
     return out | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
-
-
-def output_lengths(tokens: list[list[int]], eos: set[int]) -> dict[str, float]:
-    """Mean tokens generated before EOS (censored at the workload's max new tokens) and how often EOS came."""
-    if not tokens:
-        return {}
-    lengths = tokens_before_eos(tokens, eos)
-    return {"tokens_before_eos": sum(lengths) / len(lengths),
-            "eos_rate": sum(n < len(t) for n, t in zip(lengths, tokens)) / len(tokens)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 
 import torch
@@ -123,8 +124,15 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
 GREEDY = Sampling()
 
 
+# Set only by the untimed output-length pass (bench/measure/output_length.py): our decoders then may choose EOS.
+EOS_ALLOWED: ContextVar[bool] = ContextVar("kvbench_eos_allowed", default=False)
+
+
 def eos_ids(model) -> list[int]:
-    """The ids that would end generation; suppressed so a timed run always has max_new_tokens."""
+    """The ids that would end generation; suppressed so a timed run always has max_new_tokens (none while
+    ``EOS_ALLOWED`` is set)."""
+    if EOS_ALLOWED.get():
+        return []
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if ids is None:
         ids = model.config.eos_token_id
