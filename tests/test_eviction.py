@@ -43,17 +43,19 @@ def test_budget_after_prefill_and_original_positions(shape, name):
         feed(model, full, [t], 60 + i), feed(model, cache, [t], 60 + i)
     decoding = compose(name, params).cache.evicts_while_decoding
     for depth, (layer, reference) in enumerate(zip(cache.layers, full.layers)):
-        pos = layer.positions.long()
+        # entries in position order (slots are not, once a decode step has swapped a survivor into a victim's)
+        pos, order = layer.positions.long().sort(dim=-1)
+        keys = layer.keys.gather(2, order.unsqueeze(-1).expand_as(layer.keys))
         assert pos.shape[-1] == (15 if decoding else 20)
         assert (pos.diff(dim=-1) > 0).all() and int(pos.min()) >= 0 and int(pos.max()) == 64
         if not decoding:  # the decoded tokens were appended, never evicted
             assert pos[..., -5:].tolist() == [[[60, 61, 62, 63, 64]] * pos.shape[1]]
         # each kept entry is the full cache's entry at its original position: nothing renumbered or re-rotated
         # (past layer 0 only the prompt's: decoded tokens attended over the evicted cache, so they differ)
-        kept = reference.keys[:, :, :65].gather(2, pos.unsqueeze(-1).expand(-1, -1, -1, layer.keys.shape[-1]))
+        kept = reference.keys[:, :, :65].gather(2, pos.unsqueeze(-1).expand(-1, -1, -1, keys.shape[-1]))
         exact = pos < (65 if depth == 0 else 60)
         assert exact.sum() >= 10
-        torch.testing.assert_close(layer.keys[exact], kept[exact])
+        torch.testing.assert_close(keys[exact], kept[exact])
     assert cache.nbytes() < full.nbytes()
 
 
@@ -139,3 +141,48 @@ def test_budget_validation_names_the_range():
         expand("snapkv", parse_params(["snapkv.budget=0"]))
     with pytest.raises(StrategyError, match="whole number of tokens"):
         expand("h2o", parse_params(["h2o.budget=2.5"]))
+
+
+@dataclass
+class _ByPosition(EvictionCache):
+    """Test-only: every entry's score is a fixed random number per (step, original position), so which entries a
+    step keeps does not depend on where they sit in the buffers."""
+
+    name: ClassVar[str] = "by-position"
+    summary: ClassVar[str] = "test-only: scores drawn per (step, position)"
+    evicts_while_decoding: ClassVar[bool] = True
+    table: ClassVar[torch.Tensor] = torch.rand(200, 200, generator=torch.Generator().manual_seed(0))
+
+    def protected(self) -> int:
+        return 3
+
+    def score(self, layer: EvictionLayer, attention, prefill: bool) -> torch.Tensor:
+        return self.table[layer.seen][layer.positions.long()]
+
+
+def test_in_place_decode_eviction_keeps_what_topk_over_position_order_kept():
+    layer = EvictionLayer(_ByPosition(budget=8), max_len=40)  # driven directly: no model needed
+    gen = torch.Generator().manual_seed(1)
+    keys = torch.randn(1, 2, 200, 4, generator=gen)  # position p's key and value: keys[..., p, :]
+    reference = torch.arange(0)  # the kept positions, in order, as the position-ordered topk it replaced kept them
+    # a prompt, one-token steps, a 3-token (speculative) step, rollbacks (negative) and steps after them
+    for t in [20] + [1] * 12 + [3] + [1] * 5 + [-2, 3, 1, -1, 1, 1, 2]:
+        if t < 0:
+            layer.crop(t)
+            reference = reference[:t]  # the newest positions go
+        else:
+            start = layer.seen
+            layer.update(keys[:, :, start:start + t], -keys[:, :, start:start + t])
+            layer.after_attention(None)
+            reference = torch.cat([reference, torch.arange(start, start + t)])
+            if len(reference) > 8:
+                scores = _ByPosition.table[layer.seen][reference].clone()
+                scores[-3:] = torch.inf
+                reference = reference[scores.topk(8).indices.sort().values]
+        pos, order = layer.positions[0, 0].long().sort()
+        assert pos.tolist() == reference.tolist() and layer.get_seq_length() == len(reference)
+        assert torch.equal(layer.keys[0, 0, order], keys[0, 0, reference])
+        assert torch.equal(layer.values[0, 0, order], -keys[0, 0, reference])
+        assert torch.equal(layer.positions[0, 0], layer.positions[0, 1])  # both heads scored alike
+    # grown once, for the 3-token step, never per step; the bytes reported are the whole buffers, spare slots too
+    assert [t.shape[2] for t in layer.tensors()] == [8 + 3] * 3

@@ -29,8 +29,4 @@ class H2O(EvictionCache):
     def score(self, layer: EvictionLayer, attention, prefill: bool) -> torch.Tensor:
         held = 0 if layer.accumulated is None else layer.accumulated.shape[-1]
         new = layer.get_seq_length() - held
-        mass = attention(new).sum(2)  # [b, h, entries]: the new queries' attention
-        if layer.accumulated is not None:
-            mass[..., :held] += layer.accumulated
-        layer.accumulated = mass
-        return mass
+        return layer.accumulate(attention(new).sum(2))  # [b, h, entries]: plus the new queries' attention
