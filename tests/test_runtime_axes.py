@@ -123,3 +123,18 @@ def test_a_compiled_full_row_is_exact_and_reports_compile_time_apart(tmp_path):
     assert naive["status"] == row["status"] == "ok"
     assert row["greedy_agreement"] == 1.0 and row["decode_forward"] == "lean"
     assert row["compile"] == "default" and row["compile_s"] > 0 and row["weights"] == "stock"
+
+
+def test_half_precision_rows_report_agreement_and_fp32_rows_must_be_exact(tmp_path):
+    from bench.cell import exact_required
+    from strategies.registry import compose
+
+    full, window = compose("full", {}), compose("sliding-window", {})
+    assert exact_required(Cell(model="m", workload="w", strategy="full"), full)
+    for dtype in ("bfloat16", "float16"):  # recompute and cache paths round differently: a near-tie may flip
+        assert not exact_required(Cell(model="m", workload="w", strategy="full", dtype=dtype), full)
+    assert not exact_required(Cell(model="m", workload="w", strategy="full", weight_quant="int8"), full)
+    assert not exact_required(Cell(model="m", workload="w", strategy="sliding-window"), window)
+    naive, bf16 = cell(tmp_path, "naive", dtype="bfloat16"), cell(tmp_path, "full", dtype="bfloat16")
+    assert bf16["status"] == "ok" and bf16["lossless"] is False and 0.0 <= bf16["greedy_agreement"] <= 1.0
+    assert naive["dtype"] == bf16["dtype"] == "bfloat16"
