@@ -252,7 +252,7 @@ def quality(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, t
         if lengths:
             saved["eos_tokens"] = generate_with_eos(comp, model, workload.prompts(tokenizer)[: len(tokens)],
                                                     workload.max_new_tokens, GREEDY)
-            out.update(length_columns(saved["eos_tokens"], eos, saved["eos_tokens"]))
+            out.update(length_columns(saved["eos_tokens"], eos, None))  # the reference: no ratio to itself
         save_reference(path, saved)
         exact = {"ppl_delta_pct": 0.0, "kl_vs_naive": 0.0, "ppl_delta_ci_low": 0.0, "ppl_delta_ci_high": 0.0,
                  "ppl_delta_significant": False} if with_ppl else {}
