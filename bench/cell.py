@@ -36,7 +36,7 @@ from bench.scenarios.prompts import run_prompts
 from bench.scenarios.requests import run_serving
 from bench.workloads.catalog import get_workload
 from strategies.core.base import StrategyFailed, Unsupported
-from strategies.core.sampling import GREEDY, Sampling
+from strategies.core.sampling import Sampling
 from strategies.kernels.attention_impl import attention_unsupported, set_attention
 from strategies.kernels.compile_step import FixedCapacity, compile_unsupported, install
 from strategies.kernels.weight_layout import prepare_weights
@@ -250,8 +250,7 @@ def quality(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, t
     lengths = with_ppl and not any(getattr(workload, f"is_{kind}_workload", False) for kind in ("request", "retrieval"))
     if cell.is_reference:
         if lengths:
-            saved["eos_tokens"] = generate_with_eos(comp, model, workload.prompts(tokenizer)[: len(tokens)],
-                                                    workload.max_new_tokens, GREEDY)
+            saved["eos_tokens"] = generate_with_eos(comp, model, workload, tokenizer, len(tokens))
             out.update(length_columns(saved["eos_tokens"], eos, None))  # the reference: no ratio to itself
         save_reference(path, saved)
         exact = {"ppl_delta_pct": 0.0, "kl_vs_naive": 0.0, "ppl_delta_ci_low": 0.0, "ppl_delta_ci_high": 0.0,
@@ -261,8 +260,7 @@ def quality(cell: Cell, comp: Composition, loaded: LoadedModel, workload: Any, t
         return out
     ref = torch.load(path)
     if lengths and not exact_required(cell, comp) and not comp.decoder.peer and ref.get("eos_tokens"):
-        mine = generate_with_eos(comp, model, workload.prompts(tokenizer)[: len(ref["eos_tokens"])],
-                                 workload.max_new_tokens, GREEDY)
+        mine = generate_with_eos(comp, model, workload, tokenizer, len(ref["eos_tokens"]))
         out.update(length_columns(mine, eos, ref["eos_tokens"]))
     frac, out["first_divergence"] = agreement(ref["tokens"], tokens[: len(ref["tokens"])])
     if not math.isnan(frac):

@@ -9,7 +9,7 @@ import transformers
 from packaging.version import Version
 
 from bench.scenarios.prompts import probe_cache
-from strategies.caches.eviction import base as eviction
+from strategies.caches.eviction import base, hooks
 from strategies.core.base import StrategyFailed
 from strategies.core.hf_compat import TESTED_TRANSFORMERS, cache_in, cache_kwarg, with_cache
 from strategies.core.sampling import GREEDY
@@ -29,7 +29,7 @@ def test_cache_argument_name_follows_the_installed_transformers(tiny):
 def test_attention_modules_see_the_cache_under_a_known_name(tiny):
     """The eviction hooks read the cache from the attention module's kwargs: prove it is there."""
     seen = []
-    module = eviction.attention_modules(tiny.model)[0]
+    module = hooks.attention_modules(tiny.model)[0]
     handle = module.register_forward_hook(lambda m, a, kw, out: seen.append(cache_in(kw)), with_kwargs=True)
     cache = compose("full", {}).cache.new_cache(tiny.model, 1, 8)
     try:
@@ -43,7 +43,7 @@ def test_attention_modules_see_the_cache_under_a_known_name(tiny):
 @pytest.mark.parametrize("name", EVICTORS)
 def test_an_eviction_whose_hooks_never_run_fails_its_row(tiny, monkeypatch, name):
     # As if a transformers release stopped routing the attention through hookable modules.
-    monkeypatch.setattr(eviction, "attention_modules", lambda model: [])
+    monkeypatch.setattr(hooks, "attention_modules", lambda model: [])
     comp = compose(name, {name: {"budget": 0.25}})
     with pytest.raises(StrategyFailed, match="eviction never ran.*tested >=5.23"):
         probe_cache(comp, tiny.model, [list(range(100, 140))], 4, GREEDY)
@@ -51,7 +51,7 @@ def test_an_eviction_whose_hooks_never_run_fails_its_row(tiny, monkeypatch, name
 
 @pytest.mark.parametrize("name", EVICTORS)
 def test_an_eviction_that_keeps_more_than_its_budget_fails_its_row(tiny, monkeypatch, name):
-    monkeypatch.setattr(eviction.EvictionLayer, "_select", lambda self, index: None)  # scores, but drops nothing
+    monkeypatch.setattr(base.EvictionLayer, "_select", lambda self, index: None)  # scores, but drops nothing
     comp = compose(name, {name: {"budget": 0.25}})
     limit = 10 + (0 if comp.cache.evicts_while_decoding else 3)  # 40-token prompt; 3 decode steps are fed back
     with pytest.raises(StrategyFailed, match=rf"eviction kept 4\d entries in layer 0 where its budget allows {limit}$"):

@@ -136,7 +136,11 @@ def test_eos_allowed_pass_stops_where_the_banned_run_went_on(smol, smol_prompts)
     comp, eos = compose("full", {}), eos_ids(smol.model, smol.tokenizer)
     banned = comp.decoder.generate(smol.model, comp.cache_factory(smol.model), smol_prompts[:1], 40, GREEDY,
                                    lambda i, t: None).tokens
-    allowed = generate_with_eos(comp, smol.model, smol_prompts[:1], 40, GREEDY)
+    from bench.workloads.prompts import Message, Workload
+
+    asked = Workload("eos-test", "", (Message("What is the capital of France?"),), max_new_tokens=40)
+    assert asked.prompts(smol.tokenizer) == smol_prompts[:1]
+    allowed = generate_with_eos(comp, smol.model, asked, smol.tokenizer, 1)
     stop = tokens_before_eos(allowed, eos)[0]
     assert stop < 40 and allowed[0][stop] in eos  # "The capital of France is Paris." then EOS
     assert allowed[0][:stop] == banned[0][:stop] and not set(banned[0]) & eos

@@ -14,17 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from bench.measure.quality import tokens_before_eos
-from strategies.core.sampling import EOS_ALLOWED, Sampling
+from strategies.core.sampling import EOS_ALLOWED, GREEDY
 
 
-def generate_with_eos(comp: Any, model: Any, prompts: list[list[int]], max_new_tokens: int,
-                      sampling: Sampling) -> list[list[int]]:
-    """``comp``'s tokens for ``prompts`` with EOS allowed (generation still runs to ``max_new_tokens``; the lengths
-    are read up to the first EOS)."""
+def generate_with_eos(comp: Any, model: Any, workload: Any, tokenizer: Any, count: int) -> list[list[int]]:
+    """``comp``'s greedy tokens for the workload's first ``count`` prompts with EOS allowed (generation still runs
+    to ``max_new_tokens``; the lengths are read up to the first EOS)."""
     token = EOS_ALLOWED.set(True)
     try:
-        return comp.decoder.generate(model, comp.cache_factory(model), prompts, max_new_tokens, sampling,
-                                     lambda i, t: None).tokens
+        return comp.decoder.generate(model, comp.cache_factory(model), workload.prompts(tokenizer)[:count],
+                                     workload.max_new_tokens, GREEDY, lambda i, t: None).tokens
     finally:
         EOS_ALLOWED.reset(token)
 
