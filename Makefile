@@ -72,8 +72,8 @@ test-long: setup
 
 # The optional llama.cpp peer (extra `llamacpp`), built from the locked sdist with one fix: GCC 12 drops the stores
 # into AMX's tile config before ldtilecfg (ggml-cpu/amx/mmq.cpp), so Q8_0/Q4_1 die with an illegal instruction
-# on AMX CPUs; a compiler barrier before _tile_loadconfig keeps them. The build took 56 min at low priority on
-# this 2-core machine while it ran other work (load ~13); an idle machine is faster (not measured).
+# on AMX CPUs; a compiler barrier before _tile_loadconfig keeps them. Without the multimodal library (LLAVA_BUILD=OFF:
+# only image chat formats load it) the build takes 6 min on this idle 2-core machine (351 s; 56 min with it, busy).
 LLAMACPP_VERSION = $(shell sed -n 's/^llama-cpp-python==\([^ ;]*\).*/\1/p' $(LOCK))
 LLAMACPP_BUILD ?= /tmp/kvbench-llamacpp
 llamacpp: setup
@@ -82,7 +82,7 @@ llamacpp: setup
 	tar xzf $(LLAMACPP_BUILD)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP_BUILD)
 	sed -i 's|^    _tile_loadconfig(&tc);|    asm volatile("" ::: "memory");\n    _tile_loadconfig(\&tc);|' \
 		$(LLAMACPP_BUILD)/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/python -m pip install -q \
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(shell nproc) $(BIN)/python -m pip install -q \
 		"$(LLAMACPP_BUILD)/llama_cpp_python-$(LLAMACPP_VERSION)[server]" -c $(VENV)/constraints.txt
 
 # Run the suite (a failed cell still reaches compare, which exits 3 for it) and compare it with reports/baseline.

@@ -186,3 +186,33 @@ def test_in_place_decode_eviction_keeps_what_topk_over_position_order_kept():
         assert torch.equal(layer.positions[0, 0], layer.positions[0, 1])  # both heads scored alike
     # grown once, for the 3-token step, never per step; the bytes reported are the whole buffers, spare slots too
     assert [t.shape[2] for t in layer.tensors()] == [8 + 3] * 3
+
+
+@pytest.mark.parametrize("spec", ["smollm2-135m", "random:tiny-qwen3"])
+@pytest.mark.parametrize("name", EVICTORS)
+def test_lean_decode_evicts_as_transformers_forward_with_its_hooks(spec, name, request):
+    """The lean one-token step hands its query to the layer (no hook fires): same logits, same entries kept."""
+    from strategies.core.forward import decode_one_token, prefill
+    from strategies.kernels.lean_forward import lean_decoder
+    from strategies.kernels.lean_verify import lean_hidden
+
+    model = request.getfixturevalue("smol").model if spec == "smollm2-135m" else load_model(spec).model
+    seq = torch.randint(10, 2000, (1, 48))
+    params = {name: {"budget": 20, **SMALL.get(name, {})}}
+    hf, lean_cache = (compose(name, params).cache.new_cache(model, 1, 48) for _ in range(2))
+    lean = lean_decoder(model, lean_cache)
+    assert lean is not None
+    with torch.inference_mode():
+        for cache in (hf, lean_cache):
+            prefill(model, cache, seq[:, :30])
+        for length in range(31, 48):
+            ref = decode_one_token(model, hf, seq, length)
+            got = decode_one_token(model, lean_cache, seq, length, lean)
+            torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        # several tokens at once (a verify) are not the lean path's: transformers' forward and its hooks take them
+        assert lean_hidden(model, lean_cache, seq[:, 40:42], torch.arange(47, 49)[None]) is None
+    for a, b in zip(hf.layers, lean_cache.layers):
+        assert a.get_seq_length() == b.get_seq_length() == (20 if compose(name, params).cache.evicts_while_decoding
+                                                          else 37)
+        assert torch.equal(a.positions.sort(-1).values, b.positions.sort(-1).values)
+    assert hf.check() is None and lean_cache.check() is None

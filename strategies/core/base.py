@@ -51,7 +51,11 @@ class KVLayer(CacheLayerMixin):
 
     is_sliding = False
     is_croppable = True
-    lean_decode = False  # True: needs only update() (no hooks, no queries), so the lean decode forward may drive it
+    lean_decode = False  # True: the lean decode forward may drive it (update(), plus attended() if sees_queries)
+    sees_queries = False  # True: the lean forward hands each one-token step's query to attended() after attention
+
+    def attended(self, query: torch.Tensor, scaling: float) -> None:
+        """After a lean one-token step attended over this layer: ``query`` [1, heads, 1, head_dim] (post-RoPE)."""
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor this layer holds (data, scales, zero-points, tables)."""

@@ -71,22 +71,26 @@ Write = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Te
 
 
 def lean_step(model: PreTrainedModel, token: torch.Tensor, position: torch.Tensor, write: Write, attend: Attend,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
+              mask: torch.Tensor | None = None, cache: Cache | None = None) -> torch.Tensor:
     """The lean one-token forward of strategies/kernels/lean_forward.py with the attention kernel and the K/V write
     as parameters (the compiled step writes into fixed buffers and masks; the eager step appends through the cache).
-    ``token`` [1], ``position`` [1] long; logits [vocab] in fp32."""
+    ``token`` [1], ``position`` [1] long; logits [vocab] in fp32. ``cache``'s layers that ``sees_queries`` get
+    each layer's query after its attention, as in LeanDecoder.step."""
     m = model.model
     x = m.embed_tokens(token.view(1, 1))
     cos, sin = m.rotary_emb(x, position.view(1, 1))
     for i, layer in enumerate(m.layers):
-        x = lean_layer(layer, x, cos, sin, lambda k, v, i=i: write(i, k, v), attend, mask)
+        kv = cache.layers[i] if cache is not None else None
+        seen = kv.attended if kv is not None and kv.sees_queries else None
+        x = lean_layer(layer, x, cos, sin, lambda k, v, i=i: write(i, k, v), attend, mask, seen)
     return model.lm_head(m.norm(x))[0, -1].float()
 
 
 def lean_layer(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                write: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], attend: Attend,
-               mask: torch.Tensor | None) -> torch.Tensor:
-    """One decoder layer of the lean step: the hidden state [1, 1, hidden] after it."""
+               mask: torch.Tensor | None, seen: Callable[[torch.Tensor, float], None] | None = None) -> torch.Tensor:
+    """One decoder layer of the lean step: the hidden state [1, 1, hidden] after it; ``seen(q, scale)`` after the
+    attention, for a cache layer that scores with the query."""
     a, mlp = layer.self_attn, layer.mlp
     hd = a.head_dim
     h = layer.input_layernorm(x)
@@ -96,6 +100,8 @@ def lean_layer(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: 
     q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)
     keys, values = write(k, v.view(1, 1, -1, hd).transpose(1, 2))
     o = attend(q, keys, values, a.scaling, mask)
+    if seen is not None:
+        seen(q, a.scaling)
     x = x + a.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
     h = layer.post_attention_layernorm(x)
     return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
@@ -111,7 +117,8 @@ class AttnLeanDecoder(LeanDecoder):
     @torch.inference_mode()
     def step(self, token: torch.Tensor, position: int, cache: Cache) -> torch.Tensor:
         pos = torch.tensor([position], device=token.device)
-        return lean_step(self.model, token, pos, lambda i, k, v: cache.layers[i].update(k, v), KERNELS[self.attn])
+        return lean_step(self.model, token, pos, lambda i, k, v: cache.layers[i].update(k, v), KERNELS[self.attn],
+                         cache=cache)
 
 
 def set_attention(model: PreTrainedModel, attn: str) -> str:

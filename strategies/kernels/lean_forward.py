@@ -5,8 +5,9 @@ minus its per-call overhead: no mask is built (one query attends to every key th
 transformers does for a single decode token), no output objects, no per-module dispatch beyond the linears.
 Fusing QKV and gate/up into one matmul each was tried and dropped: it needed a second copy of every layer's
 weights while loading, and did not pay (fused lean decode 64.2 ms/token against generate's 64.3, stock fp32).
-Prefill and anything else stay on transformers' forward. Caches opt in with ``CacheStrategy.lean_decode``
-(hooks on attention modules would be bypassed here).
+Prefill and anything else stay on transformers' forward. Cache layers opt in with ``KVLayer.lean_decode``; hooks
+on attention modules are bypassed here, so a layer that needs the query (eviction scores) sets ``sees_queries``
+and gets it in ``attended`` after the step's attention.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ class LeanDecoder:
             if hasattr(a, "q_norm"):  # qwen3 normalises each head before RoPE
                 q, k = a.q_norm(q), a.k_norm(k)
             q, k = _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin)
-            keys, values = cache.layers[i].update(k, v.view(1, 1, -1, hd).transpose(1, 2))
+            kv = cache.layers[i]
+            keys, values = kv.update(k, v.view(1, 1, -1, hd).transpose(1, 2))
             o = F.scaled_dot_product_attention(q, keys, values, scale=a.scaling, enable_gqa=True)
+            if kv.sees_queries:  # eviction scores: the query is at hand here, no hook has to recompute it
+                kv.attended(q, a.scaling)
             x = x + a.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
             h = layer.post_attention_layernorm(x)
             x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
@@ -63,7 +67,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 def lean_decoder(model: PreTrainedModel, cache: Cache | None) -> LeanDecoder | None:
     """The model's LeanDecoder (built once, kept on the model), or None if the family or the cache is not covered:
-    every cache layer must declare ``lean_decode`` (it needs nothing but ``update``)."""
+    every cache layer must declare ``lean_decode``."""
     if cache is None or not supports_lean(model) or not all(getattr(la, "lean_decode", False) for la in cache.layers):
         return None
     lean = getattr(model, "_kvbench_lean", None)

@@ -22,6 +22,8 @@ def lean_hidden(model: PreTrainedModel, cache: Cache | None, ids: torch.Tensor, 
     ``mask`` is additive [1, 1, n, past + n] (None: causal). None when the lean path does not cover this model
     or cache: the caller then runs transformers' forward."""
     lean = lean_decoder(model, cache)
+    if lean is not None and any(layer.sees_queries for layer in cache.layers):
+        return None  # attended() takes one decode query; several tokens go through transformers and its hooks
     if lean is None or not lean.usable_at(int(positions.max())) or ids.shape[0] != 1:
         return None
     m = model.model

@@ -9,7 +9,8 @@ preallocated buffers edited in place (``slots``), so a decode step copies O(1) e
 has evicted, slot order is no longer position order (attention reads positions, never the order).
 
 Attention scores need the queries, which a cache ``update`` never sees: ``hooks.py`` recomputes them in forward
-hooks on the attention modules and calls each layer's ``after_attention``.
+hooks on the attention modules and calls each layer's ``after_attention``; a lean one-token decode step
+(strategies/kernels/lean_forward.py) hands its own query to ``attended`` instead, skipping transformers' forward.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class EvictionLayer(KVLayer):
         self.budget: int | None = None
         self.allowed = 0  # the most entries this layer may hold now; more means eviction did not happen
         self.gap_until = 0  # until seen reaches it (after a rollback) the newest positions may have gaps
+
+    lean_decode = True  # one-token steps: the lean forward hands the query to attended(), which evicts
+    sees_queries = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.is_initialized = True
@@ -118,6 +122,17 @@ class EvictionLayer(KVLayer):
         q_pos = torch.arange(self.seen - w, self.seen, device=q.device)
         future = self.positions[:, :, None, None, :] > q_pos[:, None]  # [b, h, 1, w, n]
         return logits.masked_fill(future, -math.inf).softmax(-1).mean(2)
+
+    def attended(self, query: torch.Tensor, scaling: float) -> None:
+        """A lean one-token step attended over this layer: its eviction, with the step's own query (nothing to
+        recompute; the hook path recomputes it from the attention module's input)."""
+
+        def attention(last: int) -> torch.Tensor:
+            if last != 1:
+                raise RuntimeError(f"a lean decode step fed 1 query, the eviction score asked for {last}")
+            return self.attention(query, scaling)
+
+        self.after_attention(attention)
 
     def after_attention(self, attention) -> None:
         """Called once the layer's attention module ran: evict down to the budget when the policy says so."""
