@@ -59,3 +59,35 @@ def test_paged_bytes_are_blocks_times_block_bytes_plus_table(tiny):
 def test_block_size_is_validated():
     with pytest.raises(ValueError, match="block_size must be in 1..4096, got 0"):
         Paged(block_size=0)
+
+
+def test_a_lone_sequence_reads_its_blocks_in_place_and_a_fragmented_one_gathers(tiny):
+    """Both reads give full's logits; the view path is taken only when the blocks are one consecutive run."""
+    from strategies.caches.full import FullCache
+    from strategies.caches.paged import PagedCache
+    from strategies.core.forward import decode_one_token, prefill
+    from strategies.kernels.lean_forward import lean_decoder
+
+    model, cfg = tiny.model, tiny.model.config
+    seq = torch.randint(0, cfg.vocab_size, (1, 30))
+    lone = Paged(block_size=4).new_cache(model, 1, 30)
+    shared = BlockPool(16, 4, cfg.num_hidden_layers, cfg.num_key_value_heads,
+                       cfg.hidden_size // cfg.num_attention_heads, token_major=True)
+    shared.free(list(reversed(shared.allocate(16))))  # freed in reverse: blocks come out 15, 14, ...
+    fragmented = PagedCache(cfg.num_hidden_layers, 1, 4, 16, pool=shared)
+    full = FullCache().new_cache(model, 1, 30)
+    with torch.inference_mode():
+        for cache in (lone, fragmented, full):
+            prefill(model, cache, seq[:, :10])
+        for length in range(11, 30):
+            ref = decode_one_token(model, full, seq, length)
+            for cache in (lone, fragmented):
+                got = decode_one_token(model, cache, seq, length, lean_decoder(model, cache))
+                torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        new = torch.zeros(1, cfg.num_key_value_heads, 1, cfg.hidden_size // cfg.num_attention_heads)
+        keys, _ = lone.layers[0].update(new, new)
+    assert keys.untyped_storage().data_ptr() == lone.pool.keys.untyped_storage().data_ptr()  # a view, no copy
+    assert lone.stats()["steps_gathered"] == 0 and lone.stats()["steps_read_in_place"] == 21
+    assert fragmented.stats()["steps_read_in_place"] == 0 and fragmented.stats()["steps_gathered"] == 20
+    with pytest.raises(ValueError, match="token-major pool"):
+        PagedCache(1, 1, 4, 4, pool=BlockPool(4, 4, 1, 1, 2))

@@ -1,7 +1,10 @@
 """`paged`: K/V in fixed-size blocks of a shared pool, addressed through a per-sequence block table (vLLM's layout).
 
-Each layer writes new tokens into ``pool.keys[layer][block, :, offset]`` and attention reads K/V gathered
-through the table (one copy per step, as a paged-attention kernel reads scattered blocks). Lossless.
+Each layer writes new tokens into ``pool.keys[layer][block, offset]`` (a token-major pool: a block is
+[block_size, kv_heads, head_dim]) and attention reads K/V through the table. Where a sequence's blocks are one
+run of consecutive ids (a lone sequence in a fresh pool: the allocator hands blocks out in order) the read is a
+view of the pool, no copy, as a paged-attention kernel reads blocks in place; otherwise the blocks are gathered
+(one copy per step). ``stats()`` says how many steps read in place. Lossless.
 
 Bytes: ``nbytes`` counts what the sequences hold — distinct blocks in use × block bytes (K and V of every layer)
 plus the int32 block tables — not the pool's reservation, which ``stats()`` reports as ``pool_bytes_reserved``
@@ -33,31 +36,52 @@ class PagedLayer(LengthLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        pool, tables = self.owner.pool, self.owner.tables
         b, q = key_states.shape[0], key_states.shape[-2]
-        if b != len(tables):
-            raise ValueError(f"paged cache was made for batch {len(tables)}, got batch {b}")
-        start, end = self.length, self.length + q
-        for table in tables:
-            table.grow(end)  # no-op for every layer after the first
-        pos = torch.arange(start, end, device=key_states.device)
-        ids = torch.stack([t.table for t in tables]).long()  # [b, blocks]
-        block, offset = ids[:, pos // pool.block_size], (pos % pool.block_size).expand(b, q)
-        k_pool, v_pool = pool.keys[self.layer], pool.values[self.layer]  # [num_blocks, kv_heads, block_size, dim]
-        k_pool[block, :, offset] = key_states.transpose(1, 2)
-        v_pool[block, :, offset] = value_states.transpose(1, 2)
-        self.length = end
-        return gather(k_pool, ids, end), gather(v_pool, ids, end)
+        if b != self.owner.batch:
+            raise ValueError(f"paged cache was made for batch {self.owner.batch}, got batch {b}")
+        where = self.owner.locate(self.length, self.length + q)
+        pool = self.owner.pool
+        k_pool, v_pool = pool.keys[self.layer], pool.values[self.layer]  # [num_blocks, block_size, kv_heads, dim]
+        where.write(k_pool, key_states)
+        where.write(v_pool, value_states)
+        self.length = where.end
+        return where.read(k_pool), where.read(v_pool)
 
     def tensors(self) -> list[torch.Tensor]:
         return [t.table for t in self.owner.tables]  # blocks are counted by PagedCache.nbytes
 
 
-def gather(pool: torch.Tensor, ids: torch.Tensor, length: int) -> torch.Tensor:
-    """[b, kv_heads, length, dim] read through block ids [b, blocks] from a pool [num_blocks, kv_heads, bs, dim]."""
-    by_head = pool.transpose(0, 1)  # [kv_heads, num_blocks, bs, dim], a view
-    rows = [by_head[:, row].flatten(1, 2)[:, :length] for row in ids]  # one copy per row
-    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+class Slots:
+    """Where tokens ``start..end`` of every row go in a token-major pool, and how to read rows ``0..end`` back;
+    worked out once per step (every layer feeds the same tokens)."""
+
+    def __init__(self, tables: list[BlockTable], start: int, end: int, block_size: int, device: torch.device):
+        self.start, self.end = start, end
+        ids = [t.ids for t in tables]
+        self.blocks, first = len(ids[0]), ids[0][0]
+        # one row whose blocks are first, first+1, ...: its tokens are one strided view of the pool
+        self.run = first if len(ids) == 1 and ids[0] == list(range(first, first + self.blocks)) else None
+        self.ids = None if self.run is not None else torch.tensor(ids, dtype=torch.long, device=device)  # [b, blocks]
+        self.slot = None
+        if end - start == 1 and len(ids) == 1:  # a decode step: plain indices, one slot to copy into
+            self.slot = (ids[0][start // block_size], start % block_size)
+        else:
+            pos = torch.arange(start, end, device=device)
+            table = torch.tensor(ids, dtype=torch.long, device=device) if self.ids is None else self.ids
+            self.block, self.offset = table[:, pos // block_size], (pos % block_size).expand(len(ids), -1)
+
+    def write(self, pool: torch.Tensor, states: torch.Tensor) -> None:
+        """``states`` [b, kv_heads, end - start, dim] into their slots."""
+        if self.slot is not None:
+            pool[self.slot[0], self.slot[1]] = states[0, :, 0]
+        else:
+            pool[self.block, self.offset] = states.transpose(1, 2)
+
+    def read(self, pool: torch.Tensor) -> torch.Tensor:
+        """Rows' tokens ``0..end`` as [b, kv_heads, end, dim]: a view for a single run, else one gather."""
+        if self.run is not None:
+            return pool[self.run : self.run + self.blocks].flatten(0, 1)[: self.end].transpose(0, 1).unsqueeze(0)
+        return pool[self.ids].flatten(1, 2)[:, : self.end].transpose(1, 2)
 
 
 class PagedCache(KVCache):
@@ -67,20 +91,35 @@ class PagedCache(KVCache):
     """
 
     def __init__(self, num_layers: int, batch: int, block_size: int, num_blocks: int, pool: BlockPool | None = None):
+        if pool is not None and not pool.token_major:
+            raise ValueError("a paged cache needs a token-major pool (BlockPool(..., token_major=True))")
         self.block_size, self.num_blocks, self.pool = block_size, num_blocks, pool
         self.tables = [BlockTable(pool) for _ in range(batch)] if pool else []
         self.batch = batch
+        self.where: Slots | None = None  # the current step's slots, shared by its layers
+        self.reads = {"in_place": 0, "gathered": 0}  # steps (not layers) by how attention read the blocks
         super().__init__([PagedLayer(self, i) for i in range(num_layers)])
+
+    def locate(self, start: int, end: int) -> Slots:
+        """The slots of tokens ``start..end``: computed by the step's first layer (which grows the tables)."""
+        w = self.where
+        if w is None or (w.start, w.end) != (start, end):
+            for table in self.tables:
+                table.grow(end)
+            w = self.where = Slots(self.tables, start, end, self.block_size, self.pool.keys.device)
+            self.reads["in_place" if w.run is not None else "gathered"] += 1
+        return w
 
     def ensure_pool(self, key_states: torch.Tensor) -> None:
         if self.pool is None:
             _, heads, _, dim = key_states.shape
             self.pool = BlockPool(self.num_blocks, self.block_size, len(self.layers), heads, dim,
-                                  key_states.dtype, key_states.device)
+                                  key_states.dtype, key_states.device, token_major=True)
             self.tables = [BlockTable(self.pool) for _ in range(self.batch)]
 
     def crop(self, tokens_to_remove: int) -> None:
         super().crop(tokens_to_remove)
+        self.where = None  # tables shrink: a later step at the same positions may get other blocks
         longest = max(layer.length for layer in self.layers)
         for table in self.tables:
             table.shrink(longest)  # emptied blocks go back to the pool
@@ -89,6 +128,7 @@ class PagedCache(KVCache):
         """Give every block back to the pool (a finished sequence)."""
         for layer in self.layers:
             layer.reset()
+        self.where = None
         for table in self.tables:
             table.shrink(0)
 
@@ -107,7 +147,8 @@ class PagedCache(KVCache):
         slots = sum(len(t.ids) for t in self.tables) * self.block_size
         return {"blocks_used": self.blocks_used(), "block_size": self.block_size,
                 "fragmentation_slots": slots - tokens * len(self.tables),
-                "pool_bytes_reserved": self.pool.reserved_bytes}
+                "pool_bytes_reserved": self.pool.reserved_bytes,
+                "steps_read_in_place": self.reads["in_place"], "steps_gathered": self.reads["gathered"]}
 
 
 @dataclass
