@@ -51,3 +51,18 @@ def write_float_gguf(source: Path, target: Path, kind: str) -> Path:
     writer.close()
     os.replace(tmp, target)
     return target
+
+
+def decode_weight_bytes(path: Path) -> int:
+    """Bytes of weights one llama.cpp decode step reads from the GGUF at ``path``: every tensor as stored, except
+    that the token embedding is read one row for the lookup — and whole as well when the output projection is tied
+    to it (no ``output.weight``), as kvbench counts its own model (strategies/kernels/weight_quant.py)."""
+    import gguf
+
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    total = sum(int(t.n_bytes) for name, t in tensors.items() if name != "token_embd.weight")
+    embed = tensors.get("token_embd.weight")
+    if embed is not None:
+        row = int(embed.n_bytes) // (int(embed.n_elements) // int(embed.shape[0]))
+        total += row + (0 if "output.weight" in tensors else int(embed.n_bytes))
+    return total

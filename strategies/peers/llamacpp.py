@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 
 from strategies.core.base import DecodingStrategy, Emit, Generation, NewCache, Unsupported
 from strategies.core.sampling import Sampling, eos_ids
+from strategies.peers.gguf_files import decode_weight_bytes
 
 QUANTS = ("f32", "bf16", "q8_0", "q4_1")
 INSTALL = "pip install 'kvbench[llamacpp]' (builds llama.cpp from source; `make llamacpp` applies the AMX fix)"
@@ -114,7 +115,9 @@ class LlamaCpp(DecodingStrategy):
                 if len(tokens) == max_new_tokens:
                     break
             outputs.append(tokens)
-        return Generation(outputs, {"gguf_bytes": self.gguf_bytes, "gguf_quant": self.quant})
+        # weight_bytes: what llama.cpp reads per step at this quant (the row's roofline), not our torch model's
+        return Generation(outputs, {"gguf_bytes": self.gguf_bytes, "gguf_quant": self.quant,
+                                    "weight_bytes": decode_weight_bytes(self._path)})
 
     def score(self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int],
               continuation_ids: list[int]) -> torch.Tensor:
