@@ -70,3 +70,16 @@ def test_weight_bytes_are_what_llama_cpp_reads_per_step(smol):
             nbytes = int(t.n_elements) // block * size
             expected += nbytes + nbytes // int(t.shape[1]) if t.name == "token_embd.weight" else nbytes
         assert sizes[quant] == expected < sizes["f32"] / 3
+
+
+def test_dtype_and_weight_quant_axes_are_skipped_with_the_llamacpp_setting_to_use():
+    from bench.models import load_model
+    from strategies.kernels.weight_quant import quantize_weights
+
+    comp = compose("llamacpp", {})
+    bf16 = load_model("smollm2-135m", "bfloat16").model
+    with pytest.raises(Unsupported, match="not --dtype bfloat16 .bf16 is llamacpp.quant=bf16"):
+        comp.decoder.prepare(bf16)
+    quantize_weights(bf16.float(), "int8")
+    with pytest.raises(Unsupported, match="not --weight-quant int8 .int8/int4 weights are llamacpp.quant=q8_0/q4_1"):
+        comp.decoder.prepare(bf16)

@@ -78,6 +78,13 @@ class LlamaCpp(DecodingStrategy):
             import llama_cpp
         except ImportError:
             raise Unsupported(f"llama-cpp-python is not installed: {INSTALL}") from None
+        # --dtype and --weight-quant set our torch model's precision; llama.cpp's is the GGUF's (llamacpp.quant)
+        if model.dtype != torch.float32:
+            raise Unsupported(f"llamacpp runs the GGUF at llamacpp.quant's precision, not --dtype "
+                              f"{str(model.dtype).removeprefix('torch.')} (bf16 is llamacpp.quant=bf16)")
+        if (quant := getattr(model, "_kvbench_weight_quant", "none")) != "none":
+            raise Unsupported(f"llamacpp runs the GGUF at llamacpp.quant's precision, not --weight-quant {quant} "
+                              f"(int8/int4 weights are llamacpp.quant=q8_0/q4_1)")
         cache = Path(os.environ.get("KVBENCH_CACHE", Path.home() / ".cache" / "kvbench")) / "gguf"
         self._path = gguf_variant(Path(source), self.quant, cache)
         self._llm = llama_cpp.Llama(str(self._path), n_ctx=self.n_ctx, n_threads=torch.get_num_threads(),
