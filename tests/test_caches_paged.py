@@ -72,7 +72,7 @@ def test_a_lone_sequence_reads_its_blocks_in_place_and_a_fragmented_one_gathers(
     seq = torch.randint(0, cfg.vocab_size, (1, 30))
     lone = Paged(block_size=4).new_cache(model, 1, 30)
     shared = BlockPool(16, 4, cfg.num_hidden_layers, cfg.num_key_value_heads,
-                       cfg.hidden_size // cfg.num_attention_heads, token_major=True)
+                       cfg.hidden_size // cfg.num_attention_heads, layout="head_outer")
     shared.free(list(reversed(shared.allocate(16))))  # freed in reverse: blocks come out 15, 14, ...
     fragmented = PagedCache(cfg.num_hidden_layers, 1, 4, 16, pool=shared)
     full = FullCache().new_cache(model, 1, 30)
@@ -89,5 +89,5 @@ def test_a_lone_sequence_reads_its_blocks_in_place_and_a_fragmented_one_gathers(
     assert keys.untyped_storage().data_ptr() == lone.pool.keys.untyped_storage().data_ptr()  # a view, no copy
     assert lone.stats()["steps_gathered"] == 0 and lone.stats()["steps_read_in_place"] == 21
     assert fragmented.stats()["steps_read_in_place"] == 0 and fragmented.stats()["steps_gathered"] == 20
-    with pytest.raises(ValueError, match="token-major pool"):
+    with pytest.raises(ValueError, match="head-outer pool"):
         PagedCache(1, 1, 4, 4, pool=BlockPool(4, 4, 1, 1, 2))

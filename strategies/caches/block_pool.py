@@ -12,8 +12,9 @@ one, and a block returns to the free list when its last holder lets go.
 
 API: ``can_allocate(n)``, ``allocate(n) -> ids``, ``share(ids)``, ``free(ids)``, ``num_free_blocks``,
 ``num_used_blocks``, ``block_bytes`` (K+V of one block over all layers), ``reserved_bytes``, and the storage
-``keys[layer]`` / ``values[layer]`` ([num_blocks, kv_heads, block_size, head_dim] views, or [num_blocks,
-block_size, kv_heads, head_dim] with ``token_major``).
+``keys[layer]`` / ``values[layer]``, laid out by ``layout``: ``head_major`` [num_blocks, kv_heads, block_size,
+head_dim], ``token_major`` [num_blocks, block_size, kv_heads, head_dim] or ``head_outer`` [kv_heads, num_blocks,
+block_size, head_dim].
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections import deque
 
 import torch
 
+LAYOUTS = ("head_major", "token_major", "head_outer")
+
 
 class PoolExhausted(RuntimeError):
     pass
@@ -29,15 +32,20 @@ class PoolExhausted(RuntimeError):
 
 class BlockPool:
     def __init__(self, num_blocks: int, block_size: int, num_layers: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", token_major: bool = False):
-        """``token_major`` lays each block out [block_size, kv_heads, head_dim] instead of [kv_heads, block_size,
-        head_dim]: gathering a row's blocks then yields its keys in sequence order as a view (one copy, the
-        gather itself), which is how the continuous engine's attention reads the pool."""
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", layout: str = "head_major"):
+        """``token_major`` lays each block out [block_size, kv_heads, head_dim]: gathering a row's blocks then yields
+        its keys in sequence order as a view (one copy, the gather itself), which is how the continuous engine's
+        attention reads the pool. ``head_outer`` puts the KV head outermost: a run of consecutive blocks is then
+        each head's tokens contiguous, a view shaped like a full cache (the paged cache reads a lone sequence so)."""
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"a pool needs num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
-        self.num_blocks, self.block_size, self.token_major = num_blocks, block_size, token_major
-        shape = ((num_layers, num_blocks, block_size, kv_heads, head_dim) if token_major else
-                 (num_layers, num_blocks, kv_heads, block_size, head_dim))
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown pool layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+        self.num_blocks, self.block_size, self.layout = num_blocks, block_size, layout
+        self.token_major = layout == "token_major"
+        shape = {"token_major": (num_layers, num_blocks, block_size, kv_heads, head_dim),
+                 "head_major": (num_layers, num_blocks, kv_heads, block_size, head_dim),
+                 "head_outer": (num_layers, kv_heads, num_blocks, block_size, head_dim)}[layout]
         self.keys = torch.empty(shape, dtype=dtype, device=device)  # slots are read only after being written
         self.values = torch.empty(shape, dtype=dtype, device=device)
         self.ref_counts = [0] * num_blocks
@@ -54,7 +62,7 @@ class BlockPool:
     @property
     def block_bytes(self) -> int:
         """Bytes of one block's K and V across all layers."""
-        return 2 * self.keys[:, 0].numel() * self.keys.element_size()
+        return 2 * self.keys.numel() // self.num_blocks * self.keys.element_size()
 
     @property
     def reserved_bytes(self) -> int:

@@ -1,7 +1,7 @@
 """`paged`: K/V in fixed-size blocks of a shared pool, addressed through a per-sequence block table (vLLM's layout).
 
-Each layer writes new tokens into ``pool.keys[layer][block, offset]`` (a token-major pool: a block is
-[block_size, kv_heads, head_dim]) and attention reads K/V through the table. Where a sequence's blocks are one
+Each layer writes new tokens into ``pool.keys[layer][:, block, offset]`` (a head-outer pool: [kv_heads, blocks,
+block_size, head_dim]) and attention reads K/V through the table. Where a sequence's blocks are one
 run of consecutive ids (a lone sequence in a fresh pool: the allocator hands blocks out in order) the read is a
 view of the pool, no copy, as a paged-attention kernel reads blocks in place; otherwise the blocks are gathered
 (one copy per step). ``stats()`` says how many steps read in place. Lossless.
@@ -41,7 +41,7 @@ class PagedLayer(LengthLayer):
             raise ValueError(f"paged cache was made for batch {self.owner.batch}, got batch {b}")
         where = self.owner.locate(self.length, self.length + q)
         pool = self.owner.pool
-        k_pool, v_pool = pool.keys[self.layer], pool.values[self.layer]  # [num_blocks, block_size, kv_heads, dim]
+        k_pool, v_pool = pool.keys[self.layer], pool.values[self.layer]  # [kv_heads, num_blocks, block_size, dim]
         where.write(k_pool, key_states)
         where.write(v_pool, value_states)
         self.length = where.end
@@ -52,14 +52,14 @@ class PagedLayer(LengthLayer):
 
 
 class Slots:
-    """Where tokens ``start..end`` of every row go in a token-major pool, and how to read rows ``0..end`` back;
+    """Where tokens ``start..end`` of every row go in a head-outer pool, and how to read rows ``0..end`` back;
     worked out once per step (every layer feeds the same tokens)."""
 
     def __init__(self, tables: list[BlockTable], start: int, end: int, block_size: int, device: torch.device):
         self.start, self.end = start, end
         ids = [t.ids for t in tables]
         self.blocks, first = len(ids[0]), ids[0][0]
-        # one row whose blocks are first, first+1, ...: its tokens are one strided view of the pool
+        # one row whose blocks are first, first+1, ...: per head, its tokens are contiguous in the pool
         self.run = first if len(ids) == 1 and ids[0] == list(range(first, first + self.blocks)) else None
         self.ids = None if self.run is not None else torch.tensor(ids, dtype=torch.long, device=device)  # [b, blocks]
         self.slot = None
@@ -73,15 +73,15 @@ class Slots:
     def write(self, pool: torch.Tensor, states: torch.Tensor) -> None:
         """``states`` [b, kv_heads, end - start, dim] into their slots."""
         if self.slot is not None:
-            pool[self.slot[0], self.slot[1]] = states[0, :, 0]
+            pool[:, self.slot[0], self.slot[1]] = states[0, :, 0]
         else:
-            pool[self.block, self.offset] = states.transpose(1, 2)
+            pool[:, self.block, self.offset] = states.transpose(0, 1)  # [kv_heads, b, tokens, dim]
 
     def read(self, pool: torch.Tensor) -> torch.Tensor:
         """Rows' tokens ``0..end`` as [b, kv_heads, end, dim]: a view for a single run, else one gather."""
-        if self.run is not None:
-            return pool[self.run : self.run + self.blocks].flatten(0, 1)[: self.end].transpose(0, 1).unsqueeze(0)
-        return pool[self.ids].flatten(1, 2)[:, : self.end].transpose(1, 2)
+        if self.run is not None:  # laid out as a full cache's [1, kv_heads, end, dim] (per head contiguous)
+            return pool[:, self.run : self.run + self.blocks].flatten(1, 2)[:, : self.end].unsqueeze(0)
+        return pool[:, self.ids].flatten(2, 3)[:, :, : self.end].transpose(0, 1)
 
 
 class PagedCache(KVCache):
@@ -91,8 +91,8 @@ class PagedCache(KVCache):
     """
 
     def __init__(self, num_layers: int, batch: int, block_size: int, num_blocks: int, pool: BlockPool | None = None):
-        if pool is not None and not pool.token_major:
-            raise ValueError("a paged cache needs a token-major pool (BlockPool(..., token_major=True))")
+        if pool is not None and pool.layout != "head_outer":
+            raise ValueError("a paged cache needs a head-outer pool (BlockPool(..., layout='head_outer'))")
         self.block_size, self.num_blocks, self.pool = block_size, num_blocks, pool
         self.tables = [BlockTable(pool) for _ in range(batch)] if pool else []
         self.batch = batch
@@ -114,7 +114,7 @@ class PagedCache(KVCache):
         if self.pool is None:
             _, heads, _, dim = key_states.shape
             self.pool = BlockPool(self.num_blocks, self.block_size, len(self.layers), heads, dim,
-                                  key_states.dtype, key_states.device, token_major=True)
+                                  key_states.dtype, key_states.device, layout="head_outer")
             self.tables = [BlockTable(self.pool) for _ in range(self.batch)]
 
     def crop(self, tokens_to_remove: int) -> None:

@@ -56,7 +56,7 @@ class Engine:
         blocks = num_blocks or strategy.pool_blocks(model)
         self.packed = supports_packed(model) is None  # else the padded batch of paged_batch.py
         self.pool = BlockPool(blocks, strategy.block_size, self.num_layers, kv_heads, head_dim, model.dtype,
-                              model.device, token_major=self.packed)
+                              model.device, layout="token_major" if self.packed else "head_major")
         self.pool.keys.zero_(), self.pool.values.zero_()  # padding reads stale slots with zero weight: keep finite
         self.prefix = PrefixIndex(strategy.block_size) if prefix_cache else None
         self.sched = Scheduler(self.pool, strategy.max_batch, self.prefix)

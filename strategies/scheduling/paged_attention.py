@@ -61,7 +61,7 @@ class PackedStep(KVCache):
 
     def __init__(self, pool: BlockPool, num_layers: int, rows: list[tuple[list[int], int, int]]):
         if not pool.token_major:
-            raise ValueError("the packed step needs a token-major pool (BlockPool(..., token_major=True))")
+            raise ValueError("the packed step needs a token-major pool (BlockPool(..., layout='token_major'))")
         self.pool, device, bs = pool, pool.keys.device, pool.block_size
         positions, slots, offsets = [], [], []
         decodes, prefills = [], []
