@@ -86,7 +86,8 @@ def dequantize(q: QTensor, out: torch.Tensor | None = None, dtype: torch.dtype =
         out = torch.empty(*lead, d, dtype=dtype, device=q.data.device)
     # codes converted straight into ``out`` (4 bits: each nibble into its half of the row), then scaled in place:
     # the hot path of every decode step. On AMD Zen 4 the two half-row copies beat one cat of the nibbles and a copy
-    # (53 vs 67 us for 1k tokens x 3 heads at 2 threads; a tie at 1); addcmul with broadcast scales measured slower than mul_ + add_.
+    # (53 vs 67 us for 1k tokens x 3 heads at 2 threads; a tie at 1); addcmul with broadcast scales measured slower
+    # than mul_ + add_.
     if q.bits == 4:
         out[..., : d // 2].copy_(q.data & 15)
         out[..., d // 2 :].copy_(q.data >> 4)

@@ -126,6 +126,8 @@ class EvictionLayer(KVLayer):
     def attended(self, query: torch.Tensor, scaling: float) -> None:
         """A lean one-token step attended over this layer: its eviction, with the step's own query (nothing to
         recompute; the hook path recomputes it from the attention module's input)."""
+        if self.budget is None:  # the prefill's hook never ran: leave it to check() to fail the row, not evict here
+            return
 
         def attention(last: int) -> torch.Tensor:
             if last != 1:
