@@ -73,7 +73,7 @@ class Cell:
     burstiness: float = 1.0
     slo: str = ""
     num_requests: int = 0  # request workloads: serve only the first N requests (0: all)
-    weights: str = "packed"  # packed: our strategies run oneDNN-packed fp32 linears (peers never); stock: as loaded
+    weights: str = "auto"  # auto: the faster of the two on this CPU; packed: oneDNN-packed linears; stock: as loaded
     max_concurrency: int = 0  # request workloads: at most N requests in flight (0: no limit)
     weight_quant: str = "none"  # weight-only int8/int4 linears (strategies/kernels/weight_quant.py)
     attn: str = "sdpa"  # attention implementation (strategies/kernels/attention_impl.py)

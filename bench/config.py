@@ -65,10 +65,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("seed", "int", 0, "seed of the model's random weights, sampling and arrivals"),
     Option("dtype", "strs", ["float32"], "float32, bfloat16 or float16; comma list sweeps"),
     Option("device", "str", "cpu", "cpu, cuda, cuda:N or mps"),
-    Option("weights", "strs", ["packed"], "packed: our strategies run fp32/bf16 CPU linears through oneDNN with "
-           "weights reordered once (transformers peers always run stock); stock: every strategy runs the model as "
-           "loaded; auto: each cell times one decode step's linears both ways and keeps the faster; comma list "
-           "sweeps"),
+    Option("weights", "strs", ["auto"], "auto: each cell times one decode step's linears stock and oneDNN-packed "
+           "on the CPU at hand and keeps the faster (the row records both); packed: our strategies run fp32/bf16 "
+           "CPU linears through oneDNN with weights reordered once (transformers peers always run stock); stock: "
+           "every strategy runs the model as loaded; comma list sweeps"),
     Option("weight_quant", "strs", ["none"], "weight-only quantization of every linear (activations stay float): "
            "none, int8 (per channel) or int4 (per group of 64 or 32); comma list sweeps"),
     Option("attn", "strs", ["sdpa"], "attention implementation of the model and of our lean decode step: sdpa or "
@@ -124,7 +124,7 @@ class RunSettings:
     seed: int = 0
     dtype: list[str] = field(default_factory=lambda: ["float32"])
     device: str = "cpu"
-    weights: list[str] = field(default_factory=lambda: ["packed"])
+    weights: list[str] = field(default_factory=lambda: ["auto"])
     weight_quant: list[str] = field(default_factory=lambda: ["none"])
     attn: list[str] = field(default_factory=lambda: ["sdpa"])
     compile: list[str] = field(default_factory=lambda: ["none"])

@@ -15,7 +15,7 @@ from typing import Any
 # name -> default. Order is the key's order; a new runtime axis is one more entry (default: its old behaviour).
 SETTINGS: dict[str, Any] = {
     "dtype": "float32",
-    "weights": "packed",
+    "weights": "auto",  # "packed" before the default measured (rows record what ran, so old keys are unchanged)
     "weight_quant": "none",
     "attn": "sdpa",  # transformers' default for llama-family models and what the lean decode step always ran
     "compile": "none",
