@@ -255,3 +255,16 @@ def test_real_model_greedy_tokens_equal_sequential():
 
     with serving_in_thread(app) as (url, _):
         assert asyncio.run(together(url)) == reference
+
+
+def test_serve_lays_out_weights_as_a_cell_does(monkeypatch):
+    """auto keeps whichever layout the probe timed faster on this CPU, as benchmark cells do; a bad value is named."""
+    from strategies.kernels import weight_layout
+
+    for stock_ms, packed_ms in ((5.0, 1.0), (1.0, 5.0)):
+        monkeypatch.setattr(weight_layout, "probe_layouts", lambda model, s=stock_ms, p=packed_ms: {
+            "stock_ms": s, "packed_ms": p})
+        served = build_engine("random:tiny-llama", "continuous", {}, weights="auto")
+        assert served.packed == (packed_ms < stock_ms)
+    with pytest.raises(ValueError, match="--weights must be one of auto, packed, stock, got 'fast'"):
+        build_engine("random:tiny-llama", "continuous", {}, weights="fast")

@@ -29,8 +29,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed for random:<shape> models")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--weights", default="packed", choices=("packed", "stock"),
-                   help="packed: oneDNN-packed linears as benchmark cells run them (default); stock: as loaded")
+    p.add_argument("--weights", default="auto", choices=("auto", "packed", "stock"),
+                   help="auto (default): the faster of stock and oneDNN-packed linears on this CPU, timed at start, as "
+                        "benchmark cells choose; packed: oneDNN-packed; stock: as loaded")
     p.add_argument("--response-cache", type=int, default=0, metavar="N",
                    help="answer identical greedy requests from a cache of N responses (default 0: off)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from bench.models import LoadedModel, load_model
 from strategies.caches.prefix_cache import PrefixCache
-from strategies.kernels.packed_linear import pack_linear_weights
+from strategies.kernels.weight_layout import LAYOUTS, prepare_weights
 from strategies.registry import compose
 from strategies.scheduling.continuous import ContinuousBatching
 from strategies.scheduling.engine import Engine
@@ -39,18 +39,19 @@ class Served:
 
 
 def build_engine(model: str, strategy: str, params: dict[str, dict[str, Any]], dtype: str = "float32",
-                 device: str = "cpu", seed: int = 0, weights: str = "packed") -> Served:
+                 device: str = "cpu", seed: int = 0, weights: str = "auto") -> Served:
     """Load ``model`` and build the engine for ``strategy``; ValueError (one line) for what cannot be served."""
     comp = compose(strategy, params)
     if not isinstance(comp.decoder, ContinuousBatching):
         raise ValueError(f"kvbench serve runs the continuous-batching engine: --strategies {SERVABLE}, "
                          f"not {strategy!r}")
-    if weights not in ("packed", "stock"):
-        raise ValueError(f"--weights must be packed or stock, got {weights!r}")
+    if weights not in LAYOUTS:
+        raise ValueError(f"--weights must be one of {', '.join(LAYOUTS)}, got {weights!r}")
     loaded = load_model(model, dtype, device, seed)
     if comp.cache is not None and (reason := comp.cache.supports(loaded.model)):
         raise ValueError(f"{comp.cache.name} does not support {model}: {reason}")
-    packed = weights == "packed" and bool(pack_linear_weights(loaded.model))
+    # as a benchmark cell lays them out (auto: the faster of stock and oneDNN-packed on this CPU, timed at start)
+    packed = prepare_weights(loaded.model, weights, "none", peer=False)["weights"] == "packed"
     engine = Engine(loaded.model, comp.decoder, prefix_cache=isinstance(comp.cache, PrefixCache))
     return Served(loaded, engine, strategy, packed)
 
