@@ -48,24 +48,22 @@ def test_a_model_without_gguf_is_unsupported_and_bad_quant_is_named(tiny):
 
 def test_weight_bytes_are_what_llama_cpp_reads_per_step(smol):
     """f32 reads exactly our fp32 model's bytes (same weights, tied output); the quantized files fewer, as stored."""
+    import gguf
+
     from strategies.kernels.weight_quant import decode_weight_bytes as ours
     from strategies.peers.gguf_files import decode_weight_bytes
 
-    sizes = {}
+    sizes, paths = {}, {}
     for quant in ("f32", "q8_0", "q4_1"):
         comp = compose("llamacpp", {"llamacpp": {"quant": quant, "n_ctx": 256}})
         comp.decoder.prepare(smol.model)
-        sizes[quant] = decode_weight_bytes(comp.decoder._path)
+        paths[quant], sizes[quant] = comp.decoder._path, decode_weight_bytes(comp.decoder._path)
         gen = comp.decoder.generate(smol.model, None, [[1, 2, 3]], 2, Sampling(), lambda i, t: None)
         assert gen.stats["weight_bytes"] == sizes[quant]
     assert sizes["f32"] == ours(smol.model)
     for quant in ("q8_0", "q4_1"):  # closed form: each tensor's blocks x block bytes of its type (ggml's table)
-        import gguf
-
-        path = compose("llamacpp", {"llamacpp": {"quant": quant}}).decoder
-        path.prepare(smol.model)
         expected = 0
-        for t in gguf.GGUFReader(path._path).tensors:
+        for t in gguf.GGUFReader(paths[quant]).tensors:
             block, size = gguf.GGML_QUANT_SIZES[t.tensor_type]
             nbytes = int(t.n_elements) // block * size
             expected += nbytes + nbytes // int(t.shape[1]) if t.name == "token_embd.weight" else nbytes

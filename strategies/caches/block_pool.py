@@ -42,7 +42,6 @@ class BlockPool:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown pool layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
         self.num_blocks, self.block_size, self.layout = num_blocks, block_size, layout
-        self.token_major = layout == "token_major"
         shape = {"token_major": (num_layers, num_blocks, block_size, kv_heads, head_dim),
                  "head_major": (num_layers, num_blocks, kv_heads, block_size, head_dim),
                  "head_outer": (num_layers, kv_heads, num_blocks, block_size, head_dim)}[layout]

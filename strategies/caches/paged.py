@@ -61,13 +61,14 @@ class Slots:
         self.blocks, first = len(ids[0]), ids[0][0]
         # one row whose blocks are first, first+1, ...: per head, its tokens are contiguous in the pool
         self.run = first if len(ids) == 1 and ids[0] == list(range(first, first + self.blocks)) else None
-        self.ids = None if self.run is not None else torch.tensor(ids, dtype=torch.long, device=device)  # [b, blocks]
-        self.slot = None
-        if end - start == 1 and len(ids) == 1:  # a decode step: plain indices, one slot to copy into
-            self.slot = (ids[0][start // block_size], start % block_size)
-        else:
+        # a decode step of one row: plain indices, one slot to copy into
+        self.slot = (ids[0][start // block_size], start % block_size) if end - start == 1 and len(ids) == 1 else None
+        table = None
+        if self.run is None or self.slot is None:
+            table = torch.tensor(ids, dtype=torch.long, device=device)  # [b, blocks]
+        self.ids = None if self.run is not None else table  # what a gather reads through
+        if self.slot is None:
             pos = torch.arange(start, end, device=device)
-            table = torch.tensor(ids, dtype=torch.long, device=device) if self.ids is None else self.ids
             self.block, self.offset = table[:, pos // block_size], (pos % block_size).expand(len(ids), -1)
 
     def write(self, pool: torch.Tensor, states: torch.Tensor) -> None:

@@ -63,6 +63,7 @@ class LlamaCpp(DecodingStrategy):
     n_ctx: int = field(default=4096, metadata={"help": "llama.cpp context (KV slots reserved), >= 64"})
     _llm: Any = field(default=None, init=False, repr=False)
     _path: Path | None = field(default=None, init=False, repr=False)
+    _weight_bytes: int = field(default=0, init=False, repr=False)
 
     def validate(self) -> None:
         if self.quant not in QUANTS:
@@ -87,6 +88,7 @@ class LlamaCpp(DecodingStrategy):
                               f"(int8/int4 weights are llamacpp.quant=q8_0/q4_1)")
         cache = Path(os.environ.get("KVBENCH_CACHE", Path.home() / ".cache" / "kvbench")) / "gguf"
         self._path = gguf_variant(Path(source), self.quant, cache)
+        self._weight_bytes = decode_weight_bytes(self._path)  # read once here, never inside a timed generate
         self._llm = llama_cpp.Llama(str(self._path), n_ctx=self.n_ctx, n_threads=torch.get_num_threads(),
                                     n_threads_batch=torch.get_num_threads(), logits_all=False, verbose=False)
         self._banned = eos_ids(model)
@@ -124,7 +126,7 @@ class LlamaCpp(DecodingStrategy):
             outputs.append(tokens)
         # weight_bytes: what llama.cpp reads per step at this quant (the row's roofline), not our torch model's
         return Generation(outputs, {"gguf_bytes": self.gguf_bytes, "gguf_quant": self.quant,
-                                    "weight_bytes": decode_weight_bytes(self._path)})
+                                    "weight_bytes": self._weight_bytes})
 
     def score(self, model: PreTrainedModel, new_cache: NewCache, prompt_ids: list[int],
               continuation_ids: list[int]) -> torch.Tensor:

@@ -60,7 +60,7 @@ class PackedStep(KVCache):
     """Rows ``(block table, start position, new tokens)`` packed in order into one sequence."""
 
     def __init__(self, pool: BlockPool, num_layers: int, rows: list[tuple[list[int], int, int]]):
-        if not pool.token_major:
+        if pool.layout != "token_major":
             raise ValueError("the packed step needs a token-major pool (BlockPool(..., layout='token_major'))")
         self.pool, device, bs = pool, pool.keys.device, pool.block_size
         positions, slots, offsets = [], [], []

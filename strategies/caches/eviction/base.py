@@ -37,6 +37,9 @@ class EvictionLayer(KVLayer):
     ``keys``/``values``/``positions``/``accumulated`` are views of the held part (transformers and the scores read
     them); once a step has evicted, entries are no longer in position order."""
 
+    lean_decode = True  # one-token steps: the lean forward hands the query to attended(), which evicts
+    sees_queries = True
+
     def __init__(self, policy: EvictionCache, max_len: int = 0):
         super().__init__()
         self.policy = policy
@@ -51,9 +54,6 @@ class EvictionLayer(KVLayer):
         self.budget: int | None = None
         self.allowed = 0  # the most entries this layer may hold now; more means eviction did not happen
         self.gap_until = 0  # until seen reaches it (after a rollback) the newest positions may have gaps
-
-    lean_decode = True  # one-token steps: the lean forward hands the query to attended(), which evicts
-    sees_queries = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.is_initialized = True
